@@ -1,0 +1,229 @@
+"""Retention planning: decide which backups to keep and which to delete.
+
+The planner is a pure function so that every decision can be explained and
+tested without a bucket or a clock: the caller lists the objects, parses their
+timestamps, reads "now" once, and applies the resulting plan.  Scoping (only
+this database's own files are candidates) and ordering (plan only after this
+run's upload is verified) are the caller's job, not the planner's.
+
+Rules, in short:
+
+* ``days=N`` keeps calendar days: today and the N-1 days before it, and within
+  that window only the newest backup of each day.
+* ``weeks=W`` additionally keeps the newest backup of each of the last W ISO
+  weeks (the current week is the first); ``months=M`` the newest of each of the
+  last M calendar months (the current month is the first).
+* Safety nets: the newest backup overall, ``protect`` keys and backups dated
+  after today are never deleted.  All values 0 means retention is off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+__all__ = [
+    "Backup",
+    "Decision",
+    "Plan",
+    "Policy",
+    "local_today",
+    "plan",
+]
+
+REASON_OFF = "retention off"
+REASON_FUTURE = "dated after today"
+REASON_PROTECTED = "protected: written by this run"
+REASON_NEWEST = "newest backup, always kept"
+
+
+@dataclass(frozen=True)
+class Backup:
+    """One candidate object; ``taken`` is the naive local time from its filename."""
+
+    key: str
+    taken: datetime
+
+    def __post_init__(self) -> None:
+        # Mixing aware and naive datetimes would fail deep inside sorting; the
+        # filename carries local wall-clock time, so it must arrive naive.
+        if self.taken.tzinfo is not None:
+            raise ValueError(f"retention backup {self.key!r}: taken must be a naive local datetime")
+
+
+def _plural(n: int, unit: str) -> str:
+    return f"{n} {unit}" if n == 1 else f"{n} {unit}s"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How much history to keep; each value 0 switches that rule off."""
+
+    days: int = 0
+    weeks: int = 0
+    months: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("days", "weeks", "months"):
+            value = getattr(self, name)
+            # bool is an int subclass; True as "1 day" would be a config bug.
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"retention policy {name}: expected int, got {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"retention policy {name}: must be >= 0, got {value}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.days or self.weeks or self.months)
+
+    def describe(self) -> str:
+        """Human summary for logs, e.g. ``7 calendar days, 4 ISO weeks, 12 months``."""
+        parts = []
+        if self.days:
+            parts.append(_plural(self.days, "calendar day"))
+        if self.weeks:
+            parts.append(_plural(self.weeks, "ISO week"))
+        if self.months:
+            parts.append(_plural(self.months, "month"))
+        return ", ".join(parts) if parts else "off"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A backup and every reason it is kept (or, in ``Plan.delete``, deleted)."""
+
+    backup: Backup
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The outcome of :func:`plan`; both tuples are ordered newest first."""
+
+    keep: tuple[Decision, ...]
+    delete: tuple[Decision, ...]
+
+
+def local_today(now_utc: datetime, tz: ZoneInfo) -> date:
+    """The calendar date of ``now_utc`` in ``tz``.
+
+    Kept here (rather than calling ``date.today()``) so the day boundary,
+    including around DST changes, is decided in one tested place.
+    """
+    if now_utc.tzinfo is None or now_utc.utcoffset() is None:
+        raise ValueError("local_today: now_utc must be timezone-aware")
+    return now_utc.astimezone(tz).date()
+
+
+# A rule maps a date to the label of its bucket, or None when the date falls
+# outside the rule's window.  Each in-window bucket keeps its newest backup.
+_Bucket = Callable[[date], str | None]
+
+
+def _day_rule(today: date, days: int) -> tuple[_Bucket, str]:
+    first = today - timedelta(days=days - 1)
+
+    def bucket(d: date) -> str | None:
+        return d.isoformat() if d >= first else None
+
+    return bucket, f"older than {_plural(days, 'calendar day')}"
+
+
+def _week_rule(today: date, weeks: int) -> tuple[_Bucket, str]:
+    first_monday = today - timedelta(days=today.weekday() + 7 * (weeks - 1))
+
+    def bucket(d: date) -> str | None:
+        if d < first_monday:
+            return None
+        iso = d.isocalendar()
+        return f"ISO week {iso.year}-W{iso.week:02d}"
+
+    return bucket, f"older than {_plural(weeks, 'ISO week')}"
+
+
+def _month_rule(today: date, months: int) -> tuple[_Bucket, str]:
+    first_index = today.year * 12 + today.month - 1 - (months - 1)
+
+    def bucket(d: date) -> str | None:
+        if d.year * 12 + d.month - 1 < first_index:
+            return None
+        return f"month {d.year}-{d.month:02d}"
+
+    return bucket, f"older than {_plural(months, 'month')}"
+
+
+def _order(b: Backup) -> tuple[datetime, str]:
+    return (b.taken, b.key)
+
+
+def _unique_newest_first(backups: Iterable[Backup]) -> list[Backup]:
+    by_key: dict[str, Backup] = {}
+    for b in backups:
+        seen = by_key.get(b.key)
+        # Same key twice is one object; if the timestamps disagree, pick one
+        # deterministically so the plan does not depend on input order.
+        if seen is None or _order(b) > _order(seen):
+            by_key[b.key] = b
+    return sorted(by_key.values(), key=_order, reverse=True)
+
+
+def plan(
+    backups: Iterable[Backup],
+    today: date,
+    policy: Policy,
+    *,
+    protect: Collection[str] = (),
+) -> Plan:
+    """Split ``backups`` into keep and delete, each decision with its reasons.
+
+    ``today`` is the local calendar date (see :func:`local_today`).  ``protect``
+    names keys that must survive whatever the rules say, typically the object
+    this run has just uploaded.
+    """
+    if isinstance(protect, str):
+        raise TypeError("retention plan: protect must be a collection of keys, not a single str")
+    ordered = _unique_newest_first(backups)
+    if not policy.enabled:
+        return Plan(keep=tuple(Decision(b, (REASON_OFF,)) for b in ordered), delete=())
+
+    keep: dict[str, list[str]] = {b.key: [] for b in ordered}
+    drop: dict[str, list[str]] = {b.key: [] for b in ordered}
+
+    rules: list[tuple[_Bucket, str]] = []
+    if policy.days:
+        rules.append(_day_rule(today, policy.days))
+    if policy.weeks:
+        rules.append(_week_rule(today, policy.weeks))
+    if policy.months:
+        rules.append(_month_rule(today, policy.months))
+
+    # Future-dated backups (clock skew) are kept and stay out of the buckets,
+    # so they cannot displace the real newest backup of today's day/week/month.
+    current = [b for b in ordered if b.taken.date() <= today]
+    for bucket_of, too_old in rules:
+        filled: set[str] = set()
+        for b in current:  # newest first: the first one seen in a bucket wins
+            label = bucket_of(b.taken.date())
+            if label is None:
+                drop[b.key].append(too_old)
+            elif label in filled:
+                drop[b.key].append(f"not the newest of {label}")
+            else:
+                filled.add(label)
+                keep[b.key].append(f"newest of {label}")
+
+    protected = set(protect)
+    for b in ordered:
+        if b.taken.date() > today:
+            keep[b.key].append(REASON_FUTURE)
+        if b.key in protected:
+            keep[b.key].append(REASON_PROTECTED)
+    if ordered and not keep[ordered[0].key]:
+        keep[ordered[0].key].append(REASON_NEWEST)
+
+    return Plan(
+        keep=tuple(Decision(b, tuple(keep[b.key])) for b in ordered if keep[b.key]),
+        delete=tuple(Decision(b, tuple(drop[b.key])) for b in ordered if not keep[b.key]),
+    )
