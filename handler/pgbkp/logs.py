@@ -1,0 +1,72 @@
+"""Logging for the CLI and the local runner: text on a terminal, JSON lines elsewhere, secrets scrubbed.
+
+The Lambda edge uses Powertools' Logger instead; both install :class:`RedactingFilter`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from pgbkp.redact import redact
+
+_CONTEXT_KEYS = ("connection", "database")
+
+
+class RedactingFilter(logging.Filter):
+    """Render the message once, scrub every registered secret from it, and keep the result."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = redact(record.getMessage())
+        record.msg, record.args = message, None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created).strftime("%Y-%m-%d %H:%M:%S")
+        ctx = "/".join(str(getattr(record, k)) for k in _CONTEXT_KEYS if getattr(record, k, None))
+        line = f"{when} {record.levelname:<7} {'[' + ctx + '] ' if ctx else ''}{record.getMessage()}"
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for k in _CONTEXT_KEYS:
+            if getattr(record, k, None):
+                doc[k] = getattr(record, k)
+        if record.exc_text:
+            doc["exception"] = record.exc_text
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def make_handler(stream: TextIO, fmt: str | None = None) -> logging.Handler:
+    fmt = fmt or ("text" if stream.isatty() else "json")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
+    handler.addFilter(RedactingFilter())
+    return handler
+
+
+def setup(level: str = "INFO", fmt: str | None = None, stream: TextIO | None = None) -> None:
+    """Configure the ``pgbkp`` logger tree once (idempotent: replaces our previous handlers)."""
+    root = logging.getLogger("pgbkp")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(make_handler(stream or sys.stderr, fmt))
+    root.setLevel(level)
+    root.propagate = False

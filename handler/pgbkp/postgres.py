@@ -1,0 +1,237 @@
+"""PostgreSQL client tools as subprocesses: list databases, stream pg_dump, feed psql.
+
+This is the only module that starts processes. The password reaches libpq through PGPASSWORD in the
+child's environment; argv carries only a conninfo string without it, so `ps` never shows a secret.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from pgbkp.config import PgTarget
+from pgbkp.redact import redact
+
+PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+class PostgresError(Exception):
+    """A PostgreSQL tool failed; the message names the operation and the server (never the password)."""
+
+
+class ConnectError(PostgresError):
+    """The server could not be reached or refused the login."""
+
+
+class DumpError(PostgresError):
+    """pg_dump failed, was killed or lost its server: the dump is incomplete and must not be kept."""
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    version_num: int
+
+
+def tool(name: str, bindir: Path | None = None) -> str:
+    """Path of a client tool: PG_BIN_DIR first, then PATH, then the newest /usr/lib/postgresql."""
+    if bindir is not None:
+        return str(bindir / name)
+    found = shutil.which(name)
+    if found:
+        return found
+    for cand in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(cand)
+    raise PostgresError(f"{name} not found. Fix: install the PostgreSQL client, or set PG_BIN_DIR.")
+
+
+def _env(target: PgTarget) -> dict[str, str]:
+    """The child's environment: ours without any PG* variable that could redirect it, plus the target's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(target.env())
+    return env
+
+
+def explain(stderr: str, target: PgTarget, operation: str) -> str:
+    """Turn libpq's error text into one line that says what to fix."""
+    text = redact(stderr.strip())
+    where = f"{operation} {target.display}"
+    if "password authentication failed" in text or "no password supplied" in text:
+        return (f"{where}: password authentication failed for user {target.user!r}. "
+                "Fix: check the user and password in PG_URLS.")
+    if "server version mismatch" in text:
+        return f"{where}: {_last_line(text)}. Fix: use a pg_dump at least as new as the server (PG_BIN_DIR)."
+    if re.search(r"could not translate host name|Connection refused|timeout expired|No route to host|"
+                 r"Network is unreachable|could not connect", text):
+        return f"{where}: cannot reach the server ({_last_line(text)}). Fix: check host, port and network access."
+    if re.search(r'database ".*" does not exist', text):
+        return f"{where}: {_last_line(text)}. Fix: check the database name in the URL."
+    return f"{where}: {_last_line(text) or 'failed with no message'}"
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith(("pg_dump: error:", "psql: error:", "FATAL:", "ERROR:")):
+            return ln
+    return lines[-1] if lines else ""
+
+
+def run_sql(target: PgTarget, sql: str, *, database: str | None = None, bindir: Path | None = None,
+            operation: str = "query") -> list[list[str]]:
+    """Run one statement with psql and return its rows (fields split on the unit separator)."""
+    cmd = [tool("psql", bindir), "-X", "-q", "-At", "-F", "\x1f", "-R", "\x1e", "-v", "ON_ERROR_STOP=1",
+           "-d", target.conninfo(database), "-c", sql]
+    out = subprocess.run(cmd, capture_output=True, env=_env(target), check=False)
+    if out.returncode != 0:
+        err = out.stderr.decode("utf-8", "replace")
+        kind = ConnectError if "connection to server" in err or "password" in err else PostgresError
+        raise kind(explain(err, target, operation))
+    rows = out.stdout.decode("utf-8").removesuffix("\n").split("\x1e")
+    return [r.split("\x1f") for r in rows if r != ""]
+
+
+def list_databases(target: PgTarget, *, bindir: Path | None = None) -> tuple[ServerInfo, list[DatabaseInfo]]:
+    """Databases that are not templates and allow connections, with their sizes, plus the server version.
+
+    Names travel hex-encoded, so any character (newlines included) survives the trip through psql.
+    """
+    rows = run_sql(
+        target,
+        "SELECT encode(convert_to(datname, 'UTF8'), 'hex'), pg_database_size(oid), "
+        "current_setting('server_version'), current_setting('server_version_num') "
+        "FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY datname",
+        bindir=bindir,
+        operation="list databases on",
+    )
+    if not rows:
+        return ServerInfo("", 0), []
+    server = ServerInfo(rows[0][2], int(rows[0][3]))
+    return server, [DatabaseInfo(bytes.fromhex(r[0]).decode("utf-8"), int(r[1])) for r in rows]
+
+
+def client_version(name: str = "pg_dump", bindir: Path | None = None) -> str:
+    """``pg_dump --version`` without the program name, e.g. ``15.18 (Debian 15.18-0+deb12u1)``."""
+    out = subprocess.run([tool(name, bindir), "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.strip().split(") ", 1)[-1] if ") " in out.stdout else out.stdout.strip()
+
+
+class _StderrTail:
+    """Drain a child's stderr on a thread (so it can never block on a full pipe), keeping the tail."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._lines: collections.deque[bytes] = collections.deque(maxlen=50)
+        self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _drain(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            self._lines.append(line)
+
+    def text(self) -> str:
+        self._thread.join(5)
+        return b"".join(self._lines).decode("utf-8", "replace")
+
+
+class DumpStream:
+    """pg_dump's stdout as a readable stream that *raises* instead of ending when the dump fails.
+
+    A reader that simply saw EOF would upload a truncated dump as if it were whole: read() only
+    returns b"" once pg_dump has exited 0.
+    """
+
+    def __init__(self, target: PgTarget, database: str, *, bindir: Path | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
+        self.database = database
+        self._target = target
+        cmd = [tool("pg_dump", bindir), "-F", "p", "--no-password", *extra_args, "-d", target.conninfo(database)]
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=_env(target), bufsize=0, start_new_session=True,
+        )
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._proc.stdout.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
+        self._fd = self._proc.stdout.fileno()
+        self._stderr = _StderrTail(self._proc.stderr)
+        self._done = False
+        self.bytes_read = 0
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def read(self, size: int = 1 << 20) -> bytes:
+        """Up to ``size`` bytes, gathering several pipe reads so callers wake up rarely."""
+        if self._done:
+            return b""
+        chunks: list[bytes] = []
+        got = 0
+        while got < size:
+            chunk = os.read(self._fd, min(size - got, PIPE_SIZE))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if got == 0:
+            self._finish()
+            return b""
+        self.bytes_read += got
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _finish(self) -> None:
+        code = self._proc.wait()
+        self._done = True
+        if code != 0:
+            err = self._stderr.text()
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            detail = explain(err, self._target, f"pg_dump {self.database!r} from") if err.strip() else (
+                f"pg_dump {self.database!r} from {self._target.display}: {how}")
+            raise DumpError(f"{detail} ({how}); the dump is incomplete")
+
+    def kill(self) -> None:
+        """Stop pg_dump now (used when the upload side fails or time runs out)."""
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.wait()
+
+    def close(self) -> None:
+        if not self._done:
+            self.kill()
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> DumpStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def dump(target: PgTarget, database: str, *, bindir: Path | None = None) -> Iterator[DumpStream]:
+    stream = DumpStream(target, database, bindir=bindir)
+    try:
+        yield stream
+    finally:
+        stream.close()

@@ -1,0 +1,119 @@
+"""The Storage interface in memory: a reference for the conformance suite and a fast fake for units."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+
+from pgbkp.storage import NotFoundError, ObjectInfo, PendingUpload, StorageError
+
+_ids = itertools.count(1)
+
+
+class MemoryUpload:
+    def __init__(self, store: MemoryStorage, bucket: str, key: str, metadata: Mapping[str, str],
+                 on_progress: Callable[[int], None] | None) -> None:
+        self._store, self.bucket, self.key = store, bucket, key
+        self._metadata = dict(metadata)
+        self._buf = bytearray()
+        self._on_progress = on_progress
+        self._state = "open"
+        self.bytes_written = 0
+        self._pending = PendingUpload(bucket, key, f"mem-{next(_ids)}", datetime.now(UTC))
+        store.pending[self._pending.upload_id] = self._pending
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._state != "open":
+            raise StorageError(f"upload s3://{self.bucket}/{self.key}: write after {self._state}")
+        self._buf += data
+        self.bytes_written += len(data)
+        if self._on_progress is not None:
+            self._on_progress(len(data))
+
+    def commit(self, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        if self._state != "open":
+            raise StorageError(f"upload s3://{self.bucket}/{self.key}: commit after {self._state}")
+        body = bytes(self._buf)
+        final = {**self._metadata, **(metadata or {}), "sha256": hashlib.sha256(body).hexdigest()}
+        self._store.put(self.bucket, self.key, body, final)
+        self._store.pending.pop(self._pending.upload_id, None)
+        self._state = "committed"
+        return self._store.head(self.bucket, self.key)
+
+    def abort(self) -> None:
+        if self._state == "open":
+            self._state = "aborted"
+            self._buf = bytearray()
+            self._store.pending.pop(self._pending.upload_id, None)
+
+
+class MemoryDownload:
+    def __init__(self, info: ObjectInfo, body: bytes) -> None:
+        self.info = info
+        self._body = io.BytesIO(body)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._body.read(size)
+
+    def close(self) -> None:
+        self._body.close()
+
+
+class MemoryStorage:
+    def __init__(self, buckets: Sequence[str] = ()) -> None:
+        self._lock = threading.Lock()
+        self.objects: dict[str, dict[str, tuple[bytes, dict[str, str], datetime]]] = {b: {} for b in buckets}
+        self.pending: dict[str, PendingUpload] = {}
+
+    def _bucket(self, bucket: str) -> dict[str, tuple[bytes, dict[str, str], datetime]]:
+        if bucket not in self.objects:
+            raise NotFoundError(f"access s3://{bucket}: bucket does not exist")
+        return self.objects[bucket]
+
+    def put(self, bucket: str, key: str, body: bytes, metadata: Mapping[str, str] | None = None) -> None:
+        with self._lock:
+            self._bucket(bucket)[key] = (body, dict(metadata or {}), datetime.now(UTC))
+
+    def check_bucket(self, bucket: str) -> None:
+        self._bucket(bucket)
+
+    def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
+        with self._lock:
+            items = sorted(self._bucket(bucket).items())
+        for key, (body, _meta, when) in items:
+            if key.startswith(prefix):
+                yield ObjectInfo(bucket, key, len(body), when)
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        with self._lock:
+            try:
+                body, meta, when = self._bucket(bucket)[key]
+            except KeyError:
+                raise NotFoundError(f"head s3://{bucket}/{key}: object does not exist") from None
+        return ObjectInfo(bucket, key, len(body), when, dict(meta))
+
+    def upload(self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None,
+               on_progress: Callable[[int], None] | None = None) -> MemoryUpload:
+        self._bucket(bucket)
+        return MemoryUpload(self, bucket, key, metadata or {}, on_progress)
+
+    def download(self, bucket: str, key: str) -> MemoryDownload:
+        info = self.head(bucket, key)
+        return MemoryDownload(info, self.objects[bucket][key][0])
+
+    def delete(self, bucket: str, keys: Sequence[str]) -> None:
+        with self._lock:
+            objs = self._bucket(bucket)
+            for key in keys:
+                objs.pop(key, None)
+
+    def pending_uploads(self, bucket: str, prefix: str) -> Iterator[PendingUpload]:
+        self._bucket(bucket)
+        yield from [u for u in self.pending.values() if u.bucket == bucket and u.key.startswith(prefix)]
+
+    def abort_pending(self, upload: PendingUpload) -> None:
+        self.pending.pop(upload.upload_id, None)

@@ -1,0 +1,37 @@
+"""Session-wide real servers: one PostgreSQL cluster and one S3-compatible (moto) server."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import PgCluster, S3Server, temp_root
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgCluster]:
+    root = temp_root("pgbkp-pg-")
+    cluster = PgCluster(root).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server) -> S3Server:
+    """The S3 server, emptied before the test."""
+    s3_server.reset()
+    return s3_server
