@@ -26,8 +26,14 @@ BUILD_SCRIPT = REPO / "layers" / "build.sh"
 TOOLS = ("pg_dump", "pg_dumpall", "pg_restore", "psql")
 #: The only libraries the layer may take from the system: glibc, as on Lambda's Amazon Linux 2023.
 GLIBC_SONAMES = {
-    "linux-vdso.so.1", "libc.so.6", "libm.so.6", "libresolv.so.2", "libdl.so.2", "libpthread.so.0",
-    "librt.so.1", "ld-linux-x86-64.so.2",
+    "linux-vdso.so.1",
+    "libc.so.6",
+    "libm.so.6",
+    "libresolv.so.2",
+    "libdl.so.2",
+    "libpthread.so.0",
+    "librt.so.1",
+    "ld-linux-x86-64.so.2",
 }
 #: Amazon Linux 2023's glibc, the base of the python3.12+ Lambda images and runtimes.
 LAMBDA_GLIBC = (2, 34)
@@ -59,8 +65,9 @@ def _layer_env(cluster: PgCluster, **extra: str) -> dict[str, str]:
 
 
 def _run(tool: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([str(LAYER / "bin" / tool), *args], capture_output=True, text=True, env=env,
-                         timeout=120, check=False)
+    out = subprocess.run(
+        [str(LAYER / "bin" / tool), *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     if out.returncode != 0:
         raise AssertionError(f"{tool} {' '.join(args)} exited {out.returncode}: {out.stderr}")
     return out
@@ -97,7 +104,12 @@ def _round_trip(cluster: PgCluster, env: dict[str, str]) -> None:
         assert "-- Dumped by pg_dump version 18." in dump
         restore = subprocess.run(
             [str(LAYER / "bin" / "psql"), "-X", "-q", "--no-password", "-d", target],
-            input=dump, capture_output=True, text=True, env=env, timeout=120, check=False,
+            input=dump,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
         )
         assert restore.returncode == 0, restore.stderr
         assert _restore_errors(restore.stderr) == [], restore.stderr
@@ -131,8 +143,13 @@ def tls_pg() -> Iterator[PgCluster]:
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_tools_are_postgresql_18(layer: Path, tool: str) -> None:
-    out = subprocess.run([str(layer / "bin" / tool), "--version"], capture_output=True, text=True,
-                         env={"LD_LIBRARY_PATH": str(layer / "lib")}, check=True)
+    out = subprocess.run(
+        [str(layer / "bin" / tool), "--version"],
+        capture_output=True,
+        text=True,
+        env={"LD_LIBRARY_PATH": str(layer / "lib")},
+        check=True,
+    )
     assert re.fullmatch(rf"{tool} \(PostgreSQL\) 18\.\d+\n", out.stdout), out.stdout
 
 
@@ -141,8 +158,9 @@ def test_layer_is_self_contained(layer: Path) -> None:
     elves = sorted((layer / "bin").iterdir()) + sorted((layer / "lib").iterdir())
     assert len(elves) > len(TOOLS)
     for elf in elves:
-        out = subprocess.run(["ldd", str(elf)], capture_output=True, text=True,
-                             env={"LD_LIBRARY_PATH": str(layer / "lib")}, check=True)
+        out = subprocess.run(
+            ["ldd", str(elf)], capture_output=True, text=True, env={"LD_LIBRARY_PATH": str(layer / "lib")}, check=True
+        )
         assert "not found" not in out.stdout, f"{elf.name}: {out.stdout}"
         for line in out.stdout.splitlines():
             name, _, rest = line.strip().partition(" => ")
@@ -165,8 +183,14 @@ def test_layer_runs_on_lambda_glibc(layer: Path) -> None:
 def test_libpq_has_tls(layer: Path, pg: PgCluster) -> None:
     """A client built without OpenSSL rejects sslmode=require outright; ours asks the server for TLS."""
     env = _layer_env(pg, PGSSLMODE="require", PGCONNECT_TIMEOUT="10")
-    out = subprocess.run([str(layer / "bin" / "psql"), "-X", "--no-password", "-c", "SELECT 1"],
-                         capture_output=True, text=True, env=env, timeout=60, check=False)
+    out = subprocess.run(
+        [str(layer / "bin" / "psql"), "-X", "--no-password", "-c", "SELECT 1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode != 0
     assert "server does not support SSL" in out.stderr, out.stderr
 
@@ -182,8 +206,11 @@ def test_dumpall_globals(layer: Path, pg: PgCluster) -> None:
 
 def test_dump_and_restore_tls_verify_full(layer: Path, tls_pg: PgCluster) -> None:
     env = _layer_env(tls_pg, PGSSLMODE="verify-full", PGSSLROOTCERT=str(tls_pg.ca_file))
-    ssl = _run("psql", ["-X", "-At", "--no-password", "-c",
-                        "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"], env)
+    ssl = _run(
+        "psql",
+        ["-X", "-At", "--no-password", "-c", "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
+        env,
+    )
     assert ssl.stdout.strip().startswith("t|TLSv1."), ssl.stdout
     _round_trip(tls_pg, env)
 
@@ -197,13 +224,33 @@ def test_verify_full_rejects_an_unknown_ca(layer: Path, tls_pg: PgCluster, tmp_p
     """verify-full really checks the chain: a different self-signed CA is refused."""
     other_ca = tmp_path / "other-ca.crt"
     subprocess.run(
-        ["openssl", "req", "-new", "-x509", "-days", "1", "-nodes", "-subj", "/CN=127.0.0.1",
-         "-keyout", str(tmp_path / "other.key"), "-out", str(other_ca)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "1",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(tmp_path / "other.key"),
+            "-out",
+            str(other_ca),
+        ],
+        check=True,
+        capture_output=True,
     )
     env = _layer_env(tls_pg, PGSSLMODE="verify-full", PGSSLROOTCERT=str(other_ca), PGCONNECT_TIMEOUT="10")
-    out = subprocess.run([str(layer / "bin" / "pg_dump"), "--no-password", "-d", "postgres", "--schema-only"],
-                         capture_output=True, text=True, env=env, timeout=60, check=False)
+    out = subprocess.run(
+        [str(layer / "bin" / "pg_dump"), "--no-password", "-d", "postgres", "--schema-only"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode != 0
     assert "certificate verify failed" in out.stderr, out.stderr
     assert tls_pg.password not in out.stderr
@@ -213,7 +260,13 @@ def test_password_only_travels_in_the_environment(layer: Path, pg: PgCluster) ->
     """Without PGPASSWORD the same invocation fails: the tests above really authenticated via env."""
     env = {k: v for k, v in _layer_env(pg).items() if k != "PGPASSWORD"}
     env["PGPASSFILE"] = os.devnull
-    out = subprocess.run([str(layer / "bin" / "pg_dump"), "--no-password", "-d", "postgres", "--schema-only"],
-                         capture_output=True, text=True, env=env, timeout=60, check=False)
+    out = subprocess.run(
+        [str(layer / "bin" / "pg_dump"), "--no-password", "-d", "postgres", "--schema-only"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode != 0
     assert "password" in out.stderr
