@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+#
+# pg-bkp as one container image with two entry points:
+#   * AWS Lambda (the default): CMD names the handler; `sam build` builds this file (template.yaml).
+#   * The local runner, by overriding the entrypoint:
+#       docker run --rm --env-file .env --entrypoint pgbkp pgbkp:latest serve
+#
+# Needs layers/postgresql first (`make layer`, i.e. bash layers/build.sh): this file only copies it.
+# Lambda ignores HEALTHCHECK; the compose file sets one for the runner.
+FROM public.ecr.aws/lambda/python:3.12
+
+# The PostgreSQL 18 client tools and the libraries they need, laid out as the Lambda layer is
+# (/opt/bin, /opt/lib): the very files tests/test_layer_binaries.py runs. See layers/README.md.
+COPY layers/postgresql/bin/ /opt/bin/
+COPY layers/postgresql/lib/ /opt/lib/
+COPY layers/postgresql/licenses/ /opt/licenses/
+COPY layers/postgresql/MANIFEST.txt /opt/MANIFEST.txt
+
+# Our pg_dump comes first on PATH. /opt/lib stays last on LD_LIBRARY_PATH, in the order Lambda uses
+# for layers: Amazon Linux's own libraries (OpenSSL for Python too) win where the image has them,
+# the layer supplies the rest. The binaries also find /opt/lib through their RUNPATH.
+ENV PATH=/opt/bin:/var/lang/bin:/usr/local/bin:/usr/bin:/bin \
+    LD_LIBRARY_PATH=/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib \
+    POWERTOOLS_SERVICE_NAME=pgbkp \
+    POWERTOOLS_METRICS_NAMESPACE=pgbkp \
+    PYTHONDONTWRITEBYTECODE=1
+
+COPY pyproject.toml README.md LICENSE /tmp/pgbkp-src/
+COPY handler/ /tmp/pgbkp-src/handler/
+RUN pip install --no-cache-dir /tmp/pgbkp-src \
+    && rm -rf /tmp/pgbkp-src \
+    && pg_dump --version \
+    && pgbkp --help > /dev/null
+
+CMD ["pgbkp.lambda_function.lambda_handler"]
