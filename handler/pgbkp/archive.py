@@ -215,9 +215,7 @@ def _cgroup_v1_limit(cgroup_root: Path) -> int | None:
     return None
 
 
-def available_cpus(
-    *, cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
-) -> int:
+def available_cpus(*, cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
     """CPUs this process may really use: affinity mask, then cgroup v2/v1 CPU quota (rounded up)."""
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -296,9 +294,7 @@ class ZipStreamWriter:
         self._block_size = block_size
         self._dos_time, self._dos_date = _dos_datetime(mtime or datetime.now())
         self._encrypter = AESZipEncrypter(password, nbits=256) if password else None
-        self._pool = (
-            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="zip-deflate") if threads > 1 else None
-        )
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="zip-deflate") if threads > 1 else None
         self._serial = None if self._pool else zlib.compressobj(level, zlib.DEFLATED, -15)
         self._max_in_flight = 2 * threads
         self._pending: collections.deque[Future[tuple[bytes, int, int]]] = collections.deque()
@@ -492,12 +488,13 @@ class MemberReader:
         self._source = source
         self._chunk_size = chunk_size
         self._ahead = b""
+        self._offset = 0  # bytes of the object consumed so far
         self._started = False
         self.raw_bytes = 0
         self.crc32 = 0
 
-        (sig, _version, flags, method, dos_time, dos_date, crc, csize, usize, name_len, extra_len) = (
-            _LOCAL.unpack(self._read_exact(_LOCAL.size, "local header"))
+        (sig, _version, flags, method, dos_time, dos_date, crc, csize, usize, name_len, extra_len) = _LOCAL.unpack(
+            self._read_exact(_LOCAL.size, "local header")
         )
         if sig != _SIG_LOCAL:
             raise CorruptArchiveError(f"read zip: bad local header signature {sig!r}")
@@ -548,6 +545,7 @@ class MemberReader:
     # internals
 
     def _read_exact(self, size: int, what: str) -> bytes:
+        self._offset += size
         parts = [self._ahead[:size]]
         self._ahead = self._ahead[size:]
         missing = size - len(parts[0])
@@ -597,6 +595,7 @@ class MemberReader:
                 decrypter.hmac.update(chunk[:used])
             self._ahead = chunk[used:]
             consumed += used
+            self._offset += used
         self.raw_bytes, self.crc32 = raw, crc
         self._check_end(consumed + self._overhead)
 
@@ -622,21 +621,16 @@ class MemberReader:
     def _check_values(self, where: str, crc: int, csize: int, usize: int, stored_size: int) -> None:
         name = self.name
         if usize != self.raw_bytes:
-            raise CorruptArchiveError(
-                f"read zip {name!r}: {where} says {usize} bytes, inflated {self.raw_bytes}"
-            )
+            raise CorruptArchiveError(f"read zip {name!r}: {where} says {usize} bytes, inflated {self.raw_bytes}")
         if csize != stored_size:
-            raise CorruptArchiveError(
-                f"read zip {name!r}: {where} says {csize} stored bytes, read {stored_size}"
-            )
+            raise CorruptArchiveError(f"read zip {name!r}: {where} says {csize} stored bytes, read {stored_size}")
         crc_expected = not self._decrypter or self._aes_version != 2 or crc != 0
         if crc_expected and crc != self.crc32:
-            raise CorruptArchiveError(
-                f"read zip {name!r}: CRC mismatch in {where} ({crc:08x} != {self.crc32:08x})"
-            )
+            raise CorruptArchiveError(f"read zip {name!r}: CRC mismatch in {where} ({crc:08x} != {self.crc32:08x})")
 
     def _check_central_directory(self, stored_size: int) -> None:
-        """Drain the rest of the object and check the central directory agrees with the data."""
+        """Drain the rest of the object; check the directory and end records agree with what was read."""
+        cd_offset = self._offset
         rest = self._ahead
         self._ahead = b""
         while len(rest) <= _DRAIN_LIMIT:
@@ -645,35 +639,63 @@ class MemberReader:
                 break
             rest += chunk
         name = self.name
+
+        def fail(problem: str) -> CorruptArchiveError:
+            return CorruptArchiveError(f"read zip {name!r}: {problem}")
+
         if len(rest) > _DRAIN_LIMIT:
-            raise CorruptArchiveError(f"read zip {name!r}: unexpected data after the member")
-        if len(rest) < _CENTRAL.size + _EOCD.size or not rest.startswith(_SIG_CENTRAL):
-            raise CorruptArchiveError(f"read zip {name!r}: missing or truncated central directory")
-        eocd_at = rest.rfind(_SIG_EOCD)
-        if eocd_at < 0 or len(rest) - eocd_at < _EOCD.size:
-            raise CorruptArchiveError(f"read zip {name!r}: missing end of central directory record")
-        _sig, _disk, _cd_disk, _entries_here, entries, _cd_size, _cd_offset, comment_len = _EOCD.unpack_from(
-            rest, eocd_at
-        )
-        if eocd_at + _EOCD.size + comment_len != len(rest):
-            raise CorruptArchiveError(f"read zip {name!r}: unexpected data after the end record")
-        if entries not in (1, _U16_MAX):
-            raise CorruptArchiveError(f"read zip {name!r}: expected one member, directory lists {entries}")
+            raise fail("unexpected data after the member")
+        if len(rest) < _CENTRAL.size or not rest.startswith(_SIG_CENTRAL):
+            raise fail("missing or truncated central directory")
         fields = _CENTRAL.unpack_from(rest, 0)
-        crc, csize, usize, name_len, extra_len = fields[7], fields[8], fields[9], fields[10], fields[11]
-        start = _CENTRAL.size
-        encoding = "utf-8" if fields[3] & _FLAG_UTF8 else "cp437"
-        if rest[start : start + name_len].decode(encoding, errors="replace") != name:
-            raise CorruptArchiveError(f"read zip {name!r}: central directory names another member")
-        extras = _parse_extras(rest[start + name_len : start + name_len + extra_len])
-        zip64 = extras.get(_EXTRA_ZIP64, b"")
+        flags, crc, csize, usize, name_len, extra_len, comment_len = fields[3], *fields[7:13]
+        cd_size = _CENTRAL.size + name_len + extra_len + comment_len
+        if len(rest) < cd_size:
+            raise fail("truncated central directory")
+        stored_name = rest[_CENTRAL.size : _CENTRAL.size + name_len]
+        if stored_name.decode("utf-8" if flags & _FLAG_UTF8 else "cp437", errors="replace") != name:
+            raise fail("central directory names another member")
+        zip64 = _parse_extras(rest[_CENTRAL.size + name_len : _CENTRAL.size + name_len + extra_len]).get(
+            _EXTRA_ZIP64, b""
+        )
+        values = {"usize": usize, "csize": csize}
         position = 0
-        if usize == _U32_MAX and len(zip64) >= position + 8:
-            (usize,) = struct.unpack_from("<Q", zip64, position)
-            position += 8
-        if csize == _U32_MAX and len(zip64) >= position + 8:
-            (csize,) = struct.unpack_from("<Q", zip64, position)
-        self._check_values("central directory", crc, csize, usize, stored_size)
+        for key in ("usize", "csize"):  # ZIP64 extra holds only the fields set to 0xFFFFFFFF, in order
+            if values[key] == _U32_MAX:
+                if len(zip64) < position + 8:
+                    raise fail("central directory ZIP64 field too short")
+                (values[key],) = struct.unpack_from("<Q", zip64, position)
+                position += 8
+        self._check_values("central directory", crc, values["csize"], values["usize"], stored_size)
+
+        end = rest[cd_size:]
+        if end.startswith(_SIG_EOCD64):
+            if len(end) < _EOCD64.size + _LOCATOR.size:
+                raise fail("truncated ZIP64 end records")
+            _sig, record_size, _made, _need, disk, cd_disk, here, total, size64, offset64 = _EOCD64.unpack_from(end)
+            locator_at = 12 + record_size
+            if record_size < _EOCD64.size - 12 or len(end) < locator_at + _LOCATOR.size:
+                raise fail("bad ZIP64 end record size")
+            if (disk, cd_disk, here, total, size64, offset64) != (0, 0, 1, 1, cd_size, cd_offset):
+                raise fail("ZIP64 end record does not match the central directory")
+            sig, locator_disk, eocd64_offset, disks = _LOCATOR.unpack_from(end, locator_at)
+            if (sig, locator_disk, eocd64_offset, disks) != (_SIG_LOCATOR, 0, cd_offset + cd_size, 1):
+                raise fail("bad ZIP64 end record locator")
+            end = end[locator_at + _LOCATOR.size :]
+        if len(end) < _EOCD.size or not end.startswith(_SIG_EOCD):
+            raise fail("missing end of central directory record")
+        _sig, disk, cd_disk, here, total, size32, offset32, comment = _EOCD.unpack_from(end)
+        if len(end) != _EOCD.size + comment:
+            raise fail("unexpected data after the end record")
+        if (
+            disk not in (0, _U16_MAX)
+            or cd_disk not in (0, _U16_MAX)
+            or here not in (1, _U16_MAX)
+            or total not in (1, _U16_MAX)
+            or size32 not in (cd_size, _U32_MAX)
+            or offset32 not in (cd_offset, _U32_MAX)
+        ):
+            raise fail("end record does not match the central directory")
 
 
 def _from_dos(dos_time: int, dos_date: int) -> datetime | None:
@@ -686,9 +708,7 @@ def _from_dos(dos_time: int, dos_date: int) -> datetime | None:
         return None
 
 
-def iter_member(
-    source: SupportsRead, password: bytes | None = None, *, chunk_size: int = 1 << 20
-) -> Iterator[bytes]:
+def iter_member(source: SupportsRead, password: bytes | None = None, *, chunk_size: int = 1 << 20) -> Iterator[bytes]:
     """Yield the decompressed bytes of the single member of a ZIP read front to back.
 
     Raises WrongPasswordError before yielding anything, CorruptArchiveError (possibly after

@@ -58,7 +58,7 @@ def make_corpus(size: int = CORPUS_BYTES, seed: int = 7) -> bytes:
     return "".join(rows).encode()[:size]
 
 
-def chunks_from_memory(corpus: bytes, total: int) -> Iterator[bytes]:
+def chunks_from_memory(corpus: bytes, total: int) -> Iterator[bytes | memoryview]:
     view = memoryview(corpus)
     sent = 0
     while sent < total:
@@ -80,13 +80,11 @@ while left > 0:
 """
 
 
-def chunks_from_pipe(corpus: bytes, total: int) -> Iterator[bytes]:
+def chunks_from_pipe(corpus: bytes, total: int) -> Iterator[bytes | memoryview]:
     with tempfile.NamedTemporaryFile(prefix="bench-corpus-") as corpus_file:
         corpus_file.write(corpus)
         corpus_file.flush()
-        child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, corpus_file.name, str(total)], stdout=subprocess.PIPE
-        )
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, corpus_file.name, str(total)], stdout=subprocess.PIPE)
         assert child.stdout is not None
         while chunk := child.stdout.read(CHUNK):
             yield chunk
@@ -114,9 +112,7 @@ class Result:
         return self.raw / self.seconds / 1e6
 
 
-def run_one(
-    corpus: bytes, total: int, level: int, threads: int, source: str, password: bytes | None
-) -> Result:
+def run_one(corpus: bytes, total: int, level: int, threads: int, source: str, password: bytes | None) -> Result:
     sink = CountingSink()
     feed = chunks_from_pipe if source == "pipe" else chunks_from_memory
     started = time.perf_counter()
@@ -129,9 +125,7 @@ def run_one(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", default="1,2", help="comma list, e.g. 1,2,4")
     parser.add_argument("--level", default="6", help="comma list, e.g. 1,3,6,9")
     parser.add_argument("--mb", type=int, default=200, help="input size per run, MB")
