@@ -77,7 +77,7 @@ def test_hostile_database_round_trip(pg: PgCluster, s3: S3Server, hostile_db: st
         assert unz.returncode == 0 and unz.stdout == sql
     assert int(meta["raw-size"]) == len(sql)
 
-    target = f"restored_{hashlib.md5(key.encode()).hexdigest()[:8]}"  # noqa: S324
+    target = f"restored_{hashlib.md5(key.encode()).hexdigest()[:8]}"
     pg.drop_database(target)
     pg.create_database(target)
     try:
