@@ -7,6 +7,7 @@ from itertools import islice
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from pgbkp import schedule
 from pgbkp.config import ConfigError
 
