@@ -482,7 +482,7 @@ class MemberReader:
     only after the descriptor, HMAC/CRC, sizes and the central directory have been checked.
     """
 
-    def __init__(self, source: SupportsRead, password: bytes | None = None, *, chunk_size: int = 1 << 20):
+    def __init__(self, source: SupportsRead, password: bytes | None = None, *, chunk_size: int = 1 << 20) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self._source = source
