@@ -1,8 +1,9 @@
 """Configuration: the original pg-bkp's environment variables, parsed and checked before any work starts.
 
 Everything a run needs is read here, once, into frozen dataclasses. A bad value raises
-:class:`ConfigError` with one message that names the PG_URLS item, the field and the fix, and never
-the password. See README.md, "Configuration", for the reference.
+:class:`ConfigError` with one message that names the PG_URLS item (position and name), the field and
+the fix, and never the password: messages are built from parsed parts, never from raw URL text, since
+an unencoded character can move a piece of the password anywhere. docs/configuration.md is the reference.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pgbkp.redact import Secret, url_without_password
+from pgbkp.redact import Secret
 
 DEFAULT_TIMEZONE = "America/Sao_Paulo"
 #: Level 6 is zlib's own default and the knee of the level x ratio x speed curve measured in
@@ -23,6 +24,8 @@ DEFAULT_TIMEZONE = "America/Sao_Paulo"
 DEFAULT_COMPRESSION_LEVEL = 6
 DEFAULT_PART_SIZE_MB = 8
 DEFAULT_UPLOAD_CONCURRENCY = 4
+#: Retention beyond a century is a typo, and would overflow date arithmetic in the planner.
+MAX_RETENTION = {"days": 36500, "weeks": 5200, "months": 1200}
 
 #: The order of positional metadata fields in a PG_URLS item, as in the original pg-bkp.
 POSITIONAL_FIELDS = ("prefix", "bucket", "endpoint", "forcepath", "access", "secret")
@@ -46,13 +49,30 @@ KEY_ALIASES = {
 }
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 CHECKSUM_MODES = ("auto", "when_required", "off")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+#: Query parameters that would contradict the URL itself, or put a secret into argv.
+_QUERY_REFUSED = {
+    "password": "put the password in the URL before the host (postgres://user:PASSWORD@host/db), "
+    "percent-encoded",
+    "sslpassword": "it would appear in the process list; use a key file without a passphrase",
+    "host": "write the host in the URL itself (postgres://user:pass@HOST:port/db)",
+    "hostaddr": "write the host in the URL itself (postgres://user:pass@HOST:port/db)",
+    "port": "write the port in the URL itself (postgres://user:pass@host:PORT/db)",
+    "user": "write the user in the URL itself (postgres://USER:pass@host:port/db)",
+    "dbname": "write the database in the URL itself (postgres://user:pass@host:port/DB)",
+}
 
-_URL_START = re.compile(r"postgres(?:ql)?://", re.IGNORECASE)
+#: A URL starts with postgres:// or postgresql://, not inside a longer scheme (``mypostgres://``).
+_URL_START = re.compile(r"(?<![A-Za-z0-9+.\-])postgres(?:ql)?://", re.IGNORECASE)
 _KEYED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_REGION = re.compile(r"^[a-z0-9-]{1,40}$")
+_REGION = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PARAM_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", ""}
+_ENCODE_HINT = "percent-encode special characters in the user and password (/ %2F, ? %3F, # %23, @ %40, , %2C, % %25)"
 
 
 class ConfigError(Exception):
@@ -107,6 +127,7 @@ class PgTarget:
 
 
 def _conninfo_quote(value: str) -> str:
+    """libpq's quoting: single quotes around the value, backslash before ``\\`` and ``'``."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -150,6 +171,8 @@ class Config:
     log_level: str = "INFO"
     pg_bindir: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: ``text``, ``json`` or None (text on a terminal, JSON elsewhere).
+    log_format: str | None = None
 
     def connection(self, ref: str | int) -> Connection:
         """Find a connection by name or 0-based index (events and the CLI accept both)."""
@@ -163,7 +186,7 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------------------
-# Parsing
+# Small value parsers, shared by the globals and the per-connection fields.
 
 
 def parse_bool(value: str, what: str) -> bool:
@@ -172,14 +195,14 @@ def parse_bool(value: str, what: str) -> bool:
         return True
     if v in _FALSE:
         return False
-    raise ConfigError(f"{what}: {value!r} is not true or false. Fix: use true or false.")
+    raise ConfigError(f"{what}: {_show(value)} is not true or false. Fix: use true or false.")
 
 
 def parse_int(value: str, what: str, *, minimum: int = 0, maximum: int | None = None) -> int:
-    try:
-        n = int(value.strip())
-    except ValueError:
-        raise ConfigError(f"{what}: {value!r} is not a whole number. Fix: use a number such as 7.") from None
+    text = value.strip()
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise ConfigError(f"{what}: {_show(value)} is not a whole number. Fix: use a number such as 7.")
+    n = int(text)
     if n < minimum or (maximum is not None and n > maximum):
         bound = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
         raise ConfigError(f"{what}: {n} is out of range. Fix: use a number {bound}.")
@@ -189,43 +212,111 @@ def parse_int(value: str, what: str, *, minimum: int = 0, maximum: int | None = 
 def check_bucket(name: str, what: str) -> str:
     if not _BUCKET.match(name) or ".." in name:
         raise ConfigError(
-            f"{what}: {name!r} is not a valid bucket name. Fix: use 3-63 lowercase letters, digits, "
+            f"{what}: {_show(name)} is not a valid bucket name. Fix: use 3-63 lowercase letters, digits, "
             "dots or hyphens, starting and ending with a letter or digit."
         )
     return name
 
 
 def check_endpoint(url: str, what: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{what}: {url!r} is not an http(s) URL. Fix: write it as http://host:port.")
+    url = url.strip()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port is None or parts.port > 0)
+        has_user = "@" in parts.netloc
+    except ValueError:
+        ok, has_user = False, False
+    if has_user:
+        raise ConfigError(f"{what}: the URL contains a user or password. Fix: write http://host:port and "
+                          "give the keys as access=/secret= (or S3_ACCESS_KEY/S3_SECRET_KEY).")
+    if not ok:
+        raise ConfigError(f"{what}: {_show(url)} is not an http(s) URL with a host and a valid port. "
+                          "Fix: write it as http://host:port or https://host.")
     return url.rstrip("/")
+
+
+def check_region(region: str, what: str) -> str:
+    if not _REGION.match(region):
+        raise ConfigError(f"{what}: {_show(region)} is not a region name. Fix: use a name such as us-east-1.")
+    return region
+
+
+def split_list(value: str) -> frozenset[str]:
+    return frozenset(x.strip() for x in value.split(",") if x.strip())
+
+
+def _show(value: str, limit: int = 60) -> str:
+    """A user's value, quoted and cut short, for messages."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+# --------------------------------------------------------------------------------------------------
+# PG_URLS
 
 
 def split_items(raw: str) -> list[str]:
     """Split PG_URLS at the commas that separate items.
 
-    A comma belongs to the list only when the text before it ends an item, that is, contains a
-    postgres:// URL. Commas inside metadata (``db_buckets=a=x,b=y``, ``ignore=a,b``) therefore stay in
-    their field, because a field always comes before its item's URL.
+    A comma ends an item only when the text before it holds that item's postgres:// URL; before the URL,
+    commas belong to the metadata (``db_buckets=a=x,b=y``, ``ignore=a,b``). So a raw comma *inside* a
+    URL (a password, a database name) must be written %2C. One trailing comma is tolerated.
     """
     items: list[str] = []
     pending: list[str] = []
-    for piece in raw.split(","):
+    pieces = raw.split(",")
+    for i, piece in enumerate(pieces):
+        if not pending and not piece.strip():
+            if i == len(pieces) - 1 and items:
+                break  # "...,": a trailing comma
+            raise ConfigError(
+                f"PG_URLS item {len(items) + 1} is empty. Fix: remove the extra comma "
+                "(items are separated by exactly one comma)."
+            )
         pending.append(piece)
         if _URL_START.search(piece):
             items.append(",".join(pending))
             pending = []
     if pending:
-        rest = ",".join(pending)
-        if items and rest.strip():
+        if items:
+            # Never echo this text: with a raw comma in a password it is the password's second half.
             raise ConfigError(
-                f"PG_URLS item {len(items)}: text after its URL ({rest.strip()[:40]!r}...) is not a "
-                "connection. Fix: percent-encode commas inside passwords as %2C, or remove the trailing text."
+                f"PG_URLS item {len(items)}{_name_hint(items[-1])}: field 'url': there is text after "
+                "the last URL that is not a connection, usually a raw comma inside a password or database "
+                "name. Fix: percent-encode commas inside URLs as %2C, or remove the trailing text."
             )
-        if rest.strip() or not items:
-            items.append(rest)
+        items.append(",".join(pending))
     return items
+
+
+def _name_hint(text: str) -> str:
+    """`` (name)`` for an item whose name can be found safely (its prefix, else its host), else ``""``."""
+    name = _item_name(text)
+    return f" ({name})" if name else ""
+
+
+def _item_name(text: str) -> str | None:
+    m = _URL_START.search(text)
+    if not m:
+        return None
+    parts = _meta_parts(text[: m.start()])
+    for pos, part in enumerate(parts):
+        km = _KEYED.match(part)
+        if km and km.group(1).lower() == "prefix" and km.group(2).strip():
+            return km.group(2).strip()
+        if pos == 0 and not km and part:
+            return part
+    return _host_of(text[m.start():])
+
+
+def _meta_parts(meta: str) -> list[str]:
+    """The metadata fields before a URL: the last character (| or @) ends them; an item that uses | at
+    all is split on | only, so that @ may appear inside values (a secret key, say)."""
+    meta = meta.strip()
+    if not meta:
+        return []
+    body = meta[:-1] if meta[-1] in "|@" else meta
+    sep = "|" if "|" in body else "@"
+    return [p.strip() for p in body.split(sep)]
 
 
 @dataclass
@@ -235,6 +326,7 @@ class _Item:
     number: int
     fields: dict[str, str]
     url: str
+    label: str = ""
 
 
 def split_item(text: str, number: int) -> _Item:
@@ -244,158 +336,295 @@ def split_item(text: str, number: int) -> _Item:
         raise ConfigError(f"{where} is empty. Fix: remove the extra comma.")
     m = _URL_START.search(text)
     if not m:
-        scheme = text.split("://", 1)[0] if "://" in text else ""
-        hint = f" (found scheme {scheme!r})" if scheme and "|" not in scheme and "@" not in scheme else ""
+        head = text.split("://", 1)[0] if "://" in text else ""
+        hint = f" (found scheme {head!r})" if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]{0,30}", head) else ""
         raise ConfigError(
-            f"{where}: no postgres:// URL{hint}. Fix: end each item with postgres://user:pass@host:port/db."
+            f"{where}: field 'url': no postgres:// or postgresql:// URL{hint}. "
+            "Fix: end each item with postgres://user:pass@host:port/db."
         )
     meta, url = text[: m.start()], text[m.start():]
+    if meta.strip() and meta.rstrip()[-1] not in "|@":
+        # No name here: the text before the URL may be the second half of the previous item's password.
+        label = where
+        raise ConfigError(
+            f"{label}: the text before its postgres:// URL does not end with | or @. This is usually a raw "
+            f"comma inside item {number - 1}'s password or database name, or an item without a URL. "
+            "Fix: percent-encode commas inside URLs as %2C, and separate metadata from the URL with |."
+            if number > 1 else
+            f"{label}: the text before its postgres:// URL does not end with | or @. "
+            "Fix: separate metadata from the URL with |, as in prefix|bucket=name|postgres://..."
+        )
+    label = where + _name_hint(text)
     fields: dict[str, str] = {}
-    if meta:
-        if meta[-1] not in "|@":
-            raise ConfigError(f"{where}: metadata must be separated from the URL by | or @.")
-        parts = re.split(r"[|@]", meta[:-1])
-        for pos, part in enumerate(parts):
-            km = _KEYED.match(part.strip())
-            if km:
-                key = km.group(1).lower()
-                if key not in KEY_ALIASES:
-                    known = ", ".join(sorted(KEY_ALIASES))
-                    raise ConfigError(f"{where}: unknown key {km.group(1)!r}. Fix: use one of {known}.")
-                name, value = KEY_ALIASES[key], km.group(2).strip()
-            elif part.strip().startswith("="):
-                raise ConfigError(f"{where}: field {pos + 1} has an empty key. Fix: write key=value.")
-            else:
-                if pos >= len(POSITIONAL_FIELDS):
-                    raise ConfigError(
-                        f"{where}: too many positional fields ({len(parts)}). Fix: positional fields are "
-                        f"{'|'.join(POSITIONAL_FIELDS)}; use key=value for others."
-                    )
-                name, value = POSITIONAL_FIELDS[pos], part.strip()
-                if not value:
-                    continue
-            if name in fields:
-                raise ConfigError(f"{where}: field {name!r} is given twice. Fix: keep one.")
-            fields[name] = value
-    return _Item(number, fields, url)
+    parts = _meta_parts(meta)
+    for pos, part in enumerate(parts):
+        km = _KEYED.match(part)
+        if km:
+            key = km.group(1).lower()
+            if key not in KEY_ALIASES:
+                known = ", ".join(sorted(KEY_ALIASES))
+                # The access/secret slots may hold a secret that merely contains '=': never echo those.
+                shown = f"unknown key {km.group(1)!r}" if pos < 4 and len(key) <= 30 else "an unknown key"
+                raise ConfigError(
+                    f"{label}: field {pos + 1} has {shown}. Fix: use one of {known} "
+                    "(a value that contains '=' must be written key=value, e.g. secret=abc=)."
+                )
+            name, value = KEY_ALIASES[key], km.group(2).strip()
+        elif part.startswith("="):
+            raise ConfigError(f"{label}: field {pos + 1} has an empty key. Fix: write key=value, e.g. bucket=name.")
+        else:
+            if pos >= len(POSITIONAL_FIELDS):
+                raise ConfigError(
+                    f"{label}: field {pos + 1}: too many positional fields ({len(parts)}). Fix: positional "
+                    f"fields are {'|'.join(POSITIONAL_FIELDS)}|URL; write the others as key=value."
+                )
+            name, value = POSITIONAL_FIELDS[pos], part
+            if not value:
+                continue
+        if name in fields:
+            raise ConfigError(f"{label}: field {name!r} is given twice. Fix: keep only one.")
+        fields[name] = value
+    return _Item(number, fields, url, label)
+
+
+@dataclass(frozen=True)
+class _UrlParts:
+    """A postgres:// URL cut into its raw (still percent-encoded) parts."""
+
+    user: str | None
+    password: str | None
+    host: str
+    port: str
+    path: str
+    query: str | None
+    fragment: str | None
+
+
+def _split_url(url: str) -> _UrlParts:
+    """Cut ``scheme://[user[:password]@]host[:port][/db][?query][#fragment]`` by hand.
+
+    By hand rather than with urllib, because libpq reads ``+`` in a query literally and because the
+    errors here must not depend on what a broken URL happens to contain. Raises ConfigError, naming no
+    part of the URL, when the user or password holds an unencoded ``/``, ``?`` or ``#``: the structure
+    is then ambiguous and any piece of the URL may be part of the password.
+    """
+    rest = url.split("://", 1)[1] if "://" in url else url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, after = rest[:end], rest[end:]
+    if "@" not in authority and "@" in after:
+        raise ConfigError(
+            "field 'url': the user or password contains an unencoded '/', '?' or '#'. "
+            f"Fix: {_ENCODE_HINT}."
+        )
+    userinfo, at, hostport = authority.rpartition("@")
+    user = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        password = pw if colon else None
+    if hostport.startswith("["):
+        host, bracket, port = hostport[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            raise ConfigError("field 'url': an IPv6 host must be written [address]:port. Fix: e.g. [::1]:5432.")
+        port = port[1:]
+    else:
+        host, _, port = hostport.partition(":")
+        host = urllib.parse.unquote(host)
+        if not host.startswith("/"):
+            host = host.lower()  # DNS names are case-blind; the original's folder used the lowercased host
+    after, hash_, fragment = after.partition("#")
+    path, qmark, query = after.partition("?")
+    return _UrlParts(user, password, host, port, path, query if qmark else None, fragment if hash_ else None)
+
+
+def _host_of(url: str) -> str | None:
+    """The host, for naming an item in messages; None unless the URL is well formed up to its host
+    (without ``user@``, what looks like ``host:port`` may really be ``user:password``)."""
+    try:
+        u = _split_url(url)
+    except ConfigError:
+        return None
+    return u.host if u.host and u.user else None
 
 
 def parse_url(url: str, where: str) -> PgTarget:
-    shown = url_without_password(url)
+    """A postgres:// URL as a PgTarget. Messages show only parsed parts, never the raw URL."""
+    url = url.strip()
+    if not re.match(r"postgres(?:ql)?://", url, re.IGNORECASE):
+        raise ConfigError(f"{where}: field 'url': not a postgres:// or postgresql:// URL. "
+                          "Fix: write postgres://user:pass@host:port/db.")
     try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port or 5432
-    except ValueError:
-        raise ConfigError(f"{where}: field 'url': bad port in {shown}. Fix: use a port from 1 to 65535.") from None
-    if not parts.hostname:
-        raise ConfigError(f"{where}: field 'url': {shown} has no host. Fix: postgres://user:pass@HOST:5432/db.")
-    if parts.username is None or parts.username == "":
-        raise ConfigError(f"{where}: field 'url': {shown} has no user. Fix: postgres://USER:pass@host:5432/db.")
-    params: list[tuple[str, str]] = []
-    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-        if key == "password":
-            raise ConfigError(f"{where}: field 'url': put the password before the host, not in ?password=.")
+        u = _split_url(url)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    bad = f"{where}: field 'url'"
+    host = u.host
+    if not host:
+        raise ConfigError(f"{bad}: no host. Fix: postgres://user:pass@HOST:5432/db.")
+    if _CONTROL.search(host) or " " in host:
+        raise ConfigError(f"{bad}: the host contains spaces or control characters. Fix: write a host name or "
+                          "address.")
+    if not u.user:
+        raise ConfigError(f"{bad}: no user (host {host}). Fix: postgres://USER:pass@{host}:5432/db.")
+    if u.port == "":
+        port = 5432
+    elif u.port.isascii() and u.port.isdigit() and 1 <= int(u.port) <= 65535:
+        port = int(u.port)
+    else:
+        # Never echo the port text: in postgres://user:secret/db (no @host) it is the password.
+        raise ConfigError(f"{bad}: the port (host {host}) is not a number from 1 to 65535. "
+                          f"Fix: write postgres://user:pass@{host}:5432/db (is the @host part missing?).")
+    if u.fragment is not None:
+        raise ConfigError(f"{bad}: a '#' after the host (host {host}). Fix: percent-encode '#' as %23.")
+    seen: dict[str, str] = {}
+    for pair in filter(None, (u.query or "").split("&")):
+        raw_key, _, raw_value = pair.partition("=")
+        key, value = urllib.parse.unquote(raw_key).strip().lower(), urllib.parse.unquote(raw_value)
+        if key in _QUERY_REFUSED:
+            raise ConfigError(f"{bad}: query parameter {key!r} is not allowed here (host {host}). "
+                              f"Fix: {_QUERY_REFUSED[key]}.")
+        if not _PARAM_KEY.match(key):
+            raise ConfigError(f"{bad}: query parameter {_show(key, 30)} is not a libpq parameter name "
+                              f"(host {host}). Fix: write ?name=value&name=value, e.g. ?sslmode=require.")
+        if key == "ssl":  # libpq's own URI parser reads ssl=true as sslmode=require; conninfo has no ssl
+            if value.lower() != "true":
+                raise ConfigError(f"{bad}: ssl={_show(value, 20)} (host {host}). Fix: use ssl=true or sslmode=....")
+            key, value = "sslmode", "require"
         if key == "sslmode" and value not in SSL_MODES:
-            raise ConfigError(
-                f"{where}: field 'url': sslmode={value!r} is not valid. Fix: use one of {', '.join(SSL_MODES)}."
-            )
-        params.append((key, value))
-    password = urllib.parse.unquote(parts.password) if parts.password is not None else None
-    database = urllib.parse.unquote(parts.path.lstrip("/")) or "postgres"
+            raise ConfigError(f"{bad}: sslmode={_show(value, 20)} is not valid (host {host}). "
+                              f"Fix: use one of {', '.join(SSL_MODES)}.")
+        if key == "connect_timeout":
+            parse_int(value, f"{bad}: connect_timeout (host {host})", minimum=0, maximum=3600)
+        if key in seen:
+            raise ConfigError(f"{bad}: query parameter {key!r} is given twice (host {host}). Fix: keep one.")
+        seen[key] = value
+    database = urllib.parse.unquote(u.path[1:]) or "postgres"
+    password = urllib.parse.unquote(u.password) if u.password is not None else None
     return PgTarget(
-        host=parts.hostname,
+        host=host,
         port=port,
-        user=urllib.parse.unquote(parts.username),
+        user=urllib.parse.unquote(u.user),
         password=Secret(password) if password else None,
         database=database,
-        params=tuple(params),
+        params=tuple(seen.items()),
     )
 
 
 def parse_db_buckets(value: str, where: str) -> dict[str, str]:
+    """``db1=bucket1,db2=bucket2``. A bucket name cannot hold ``=``, so a database name may."""
     out: dict[str, str] = {}
     for pair in filter(None, (p.strip() for p in value.split(","))):
-        db, sep, bucket = pair.partition("=")
-        if not sep or not db.strip() or not bucket.strip():
+        db, sep, bucket = pair.rpartition("=")
+        db, bucket = db.strip(), bucket.strip()
+        if not sep or not db or not bucket:
             raise ConfigError(
-                f"{where}: field 'db_buckets': {pair!r} is not db=bucket. Fix: db_buckets=db1=bucket1,db2=bucket2."
+                f"{where}: field 'db_buckets': {_show(pair)} is not db=bucket. "
+                "Fix: db_buckets=db1=bucket1,db2=bucket2."
             )
-        out[db.strip()] = check_bucket(bucket.strip(), f"{where}: field 'db_buckets' ({db.strip()})")
+        if db in out:
+            raise ConfigError(f"{where}: field 'db_buckets': database {db!r} is given twice. Fix: keep one.")
+        out[db] = check_bucket(bucket, f"{where}: field 'db_buckets' (database {db!r})")
+    if not out:
+        raise ConfigError(f"{where}: field 'db_buckets' is empty. Fix: db_buckets=db1=bucket1,db2=bucket2, "
+                          "or leave it out.")
     return out
 
 
-def split_list(value: str) -> frozenset[str]:
-    return frozenset(x.strip() for x in value.split(",") if x.strip())
+# --------------------------------------------------------------------------------------------------
+# The whole configuration
+
+
+def _get(env: Mapping[str, str], name: str, default: str = "") -> str:
+    """A variable, stripped; empty counts as unset (``FOO=`` in a .env file)."""
+    return env.get(name, "").strip() or default
 
 
 def load(env: Mapping[str, str] | None = None) -> Config:
     """Read and check the whole configuration. Raises ConfigError on the first mistake."""
     env = dict(os.environ if env is None else env)
-    tz_name = env.get("TIMEZONE", "").strip() or DEFAULT_TIMEZONE
+    tz_name = _get(env, "TIMEZONE", DEFAULT_TIMEZONE)
     try:
         tz = zoneinfo.ZoneInfo(tz_name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         raise ConfigError(
-            f"TIMEZONE: unknown time zone {tz_name!r}. Fix: use an IANA name such as America/Sao_Paulo or UTC."
+            f"TIMEZONE: unknown time zone {_show(tz_name)}. Fix: use an IANA name such as America/Sao_Paulo or UTC."
         ) from None
 
-    checksum = env.get("S3_CHECKSUM", "auto").strip().lower() or "auto"
+    checksum = _get(env, "S3_CHECKSUM", "auto").lower()
     if checksum not in CHECKSUM_MODES:
-        raise ConfigError(f"S3_CHECKSUM: {checksum!r} is not valid. Fix: use one of {', '.join(CHECKSUM_MODES)}.")
+        raise ConfigError(
+            f"S3_CHECKSUM: {_show(checksum)} is not valid. Fix: use one of {', '.join(CHECKSUM_MODES)}."
+        )
+    access, secret = env.get("S3_ACCESS_KEY", "").strip(), env.get("S3_SECRET_KEY", "").strip()
+    if bool(access) != bool(secret):
+        given, missing = ("S3_ACCESS_KEY", "S3_SECRET_KEY") if access else ("S3_SECRET_KEY", "S3_ACCESS_KEY")
+        raise ConfigError(f"{given}: set without {missing}. Fix: set both, or neither (then the AWS role "
+                          "or default credentials are used).")
+    region = _get(env, "S3_REGION")
     glob_s3 = S3Settings(
-        endpoint=check_endpoint(env["S3_ENDPOINT"], "S3_ENDPOINT") if env.get("S3_ENDPOINT", "").strip() else None,
-        region=env.get("S3_REGION", "").strip() or None,
-        access_key=Secret(env["S3_ACCESS_KEY"]) if env.get("S3_ACCESS_KEY") else None,
-        secret_key=Secret(env["S3_SECRET_KEY"]) if env.get("S3_SECRET_KEY") else None,
-        force_path_style=parse_bool(env.get("S3_FORCE_PATH_STYLE", "false"), "S3_FORCE_PATH_STYLE"),
+        endpoint=check_endpoint(env["S3_ENDPOINT"], "S3_ENDPOINT") if _get(env, "S3_ENDPOINT") else None,
+        region=check_region(region, "S3_REGION") if region else None,
+        access_key=Secret(access) if access else None,
+        secret_key=Secret(secret) if secret else None,
+        force_path_style=parse_bool(_get(env, "S3_FORCE_PATH_STYLE", "false"), "S3_FORCE_PATH_STYLE"),
         checksum=checksum,
-        max_attempts=parse_int(env.get("S3_MAX_ATTEMPTS", "5"), "S3_MAX_ATTEMPTS", minimum=1, maximum=20),
-        part_size=parse_int(env.get("S3_PART_SIZE_MB", str(DEFAULT_PART_SIZE_MB)), "S3_PART_SIZE_MB",
+        max_attempts=parse_int(_get(env, "S3_MAX_ATTEMPTS", "5"), "S3_MAX_ATTEMPTS", minimum=1, maximum=20),
+        part_size=parse_int(_get(env, "S3_PART_SIZE_MB", str(DEFAULT_PART_SIZE_MB)), "S3_PART_SIZE_MB",
                             minimum=5, maximum=512) * 1024 * 1024,
-        concurrency=parse_int(env.get("S3_UPLOAD_CONCURRENCY", str(DEFAULT_UPLOAD_CONCURRENCY)),
+        concurrency=parse_int(_get(env, "S3_UPLOAD_CONCURRENCY", str(DEFAULT_UPLOAD_CONCURRENCY)),
                               "S3_UPLOAD_CONCURRENCY", minimum=1, maximum=32),
     )
-    if glob_s3.region and not _REGION.match(glob_s3.region):
-        raise ConfigError(f"S3_REGION: {glob_s3.region!r} is not a region name. Fix: e.g. us-east-1.")
-    if bool(glob_s3.access_key) != bool(glob_s3.secret_key):
-        raise ConfigError("S3_ACCESS_KEY and S3_SECRET_KEY: set both or neither (neither uses the AWS role).")
-    global_bucket = env.get("S3_BUCKET", "").strip() or None
+    global_bucket = _get(env, "S3_BUCKET") or None
     if global_bucket:
         check_bucket(global_bucket, "S3_BUCKET")
     global_ignore = split_list(env.get("IGNORE_DATABASES", ""))
     retention = {
-        unit: parse_int(env.get(f"RETENTION_{unit.upper()}", "0") or "0", f"RETENTION_{unit.upper()}")
+        unit: parse_int(_get(env, f"RETENTION_{unit.upper()}", "0"), f"RETENTION_{unit.upper()}",
+                        maximum=MAX_RETENTION[unit])
         for unit in ("days", "weeks", "months")
     }
 
+    level = parse_int(_get(env, "ZIP_COMPRESSION_LEVEL", str(DEFAULT_COMPRESSION_LEVEL)),
+                      "ZIP_COMPRESSION_LEVEL", minimum=0, maximum=9)
+    threads_raw = _get(env, "COMPRESSION_THREADS")
+    threads = parse_int(threads_raw, "COMPRESSION_THREADS", minimum=1, maximum=64) if threads_raw else None
+    log_level = _get(env, "LOG_LEVEL", "INFO").upper()
+    log_level = "WARNING" if log_level == "WARN" else log_level
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL: {_show(log_level)} is not a level. Fix: use {', '.join(LOG_LEVELS)}.")
+    log_format = _get(env, "LOG_FORMAT").lower() or None
+    if log_format is not None and log_format not in LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT: {_show(log_format)} is not a format. Fix: use text or json "
+                          "(or leave it unset: text on a terminal, JSON elsewhere).")
+    bindir = _get(env, "PG_BIN_DIR")
+    if bindir:
+        for tool in ("pg_dump", "psql"):
+            if not Path(bindir, tool).exists():
+                raise ConfigError(f"PG_BIN_DIR: no {tool} in {_show(bindir)}. "
+                                  "Fix: point it at the PostgreSQL client's bin folder, or unset it.")
+    global_prefix = "/".join(p for p in _get(env, "GLOBAL_PREFIX").split("/") if p.strip())
+    if _CONTROL.search(global_prefix):
+        raise ConfigError("GLOBAL_PREFIX: contains control characters. Fix: use letters, digits, - _ . and /.")
+
     raw = env.get("PG_URLS", "")
     if not raw.strip():
-        raise ConfigError("PG_URLS is not set. Fix: PG_URLS=postgres://user:pass@host:5432/postgres")
+        raise ConfigError("PG_URLS: not set. Fix: PG_URLS=postgres://user:pass@host:5432/postgres "
+                          "(several connections separated by commas).")
     items = [split_item(text, n) for n, text in enumerate(split_items(raw), start=1)]
     connections = [_connection(item, glob_s3, global_bucket, global_ignore, retention) for item in items]
     connections = _name_connections(connections)
 
-    level = parse_int(env.get("ZIP_COMPRESSION_LEVEL", str(DEFAULT_COMPRESSION_LEVEL)) or "6",
-                      "ZIP_COMPRESSION_LEVEL", minimum=0, maximum=9)
-    threads_raw = env.get("COMPRESSION_THREADS", "").strip()
-    threads = parse_int(threads_raw, "COMPRESSION_THREADS", minimum=1, maximum=64) if threads_raw else None
-    log_level = (env.get("LOG_LEVEL", "INFO").strip() or "INFO").upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError(f"LOG_LEVEL: {log_level!r} is not a level. Fix: DEBUG, INFO, WARNING or ERROR.")
-    bindir = env.get("PG_BIN_DIR", "").strip()
-    if bindir and not Path(bindir, "pg_dump").exists():
-        raise ConfigError(f"PG_BIN_DIR: no pg_dump in {bindir!r}. Fix: point it at the client's bin folder.")
     password = env.get("ZIP_PASSWORD", "")
     return Config(
         connections=tuple(connections),
         timezone=tz,
-        global_prefix=env.get("GLOBAL_PREFIX", "").strip().strip("/"),
+        global_prefix=global_prefix,
         zip_password=Secret(password) if password else None,
         compression_level=level,
         compression_threads=threads,
         log_level=log_level,
         pg_bindir=Path(bindir) if bindir else None,
         env=env,
+        log_format=log_format,
     )
 
 
@@ -406,37 +635,43 @@ def _connection(
     global_ignore: frozenset[str],
     retention: Mapping[str, int],
 ) -> Connection:
-    where = f"PG_URLS item {item.number}"
     f = item.fields
+    where = item.label or f"PG_URLS item {item.number}"
+    pg = parse_url(item.url, where)
     prefix = f.get("prefix") or None
-    if prefix is not None and ("/" in prefix or prefix in (".", "..")):
+    if prefix is not None and ("/" in prefix or prefix in (".", "..") or _CONTROL.search(prefix)):
         raise ConfigError(
-            f"{where}: field 'prefix': {prefix!r} may not contain '/'. Fix: use GLOBAL_PREFIX for folders.")
-    label = f"{where} ({prefix})" if prefix else where
-    pg = parse_url(item.url, label)
-    where = f"{where} ({prefix or pg.host})"
+            f"{where}: field 'prefix': {_show(prefix)} may not contain '/' or control characters, nor be . or "
+            "'..'. Fix: use a plain name; put folders in GLOBAL_PREFIX."
+        )
     bucket = check_bucket(f["bucket"], f"{where}: field 'bucket'") if "bucket" in f else global_bucket
     s3 = glob_s3
     if "endpoint" in f:
         s3 = replace(s3, endpoint=check_endpoint(f["endpoint"], f"{where}: field 'endpoint'"))
     if "region" in f:
-        if not _REGION.match(f["region"]):
-            raise ConfigError(f"{where}: field 'region': {f['region']!r} is not a region name. Fix: e.g. us-east-1.")
-        s3 = replace(s3, region=f["region"])
+        s3 = replace(s3, region=check_region(f["region"], f"{where}: field 'region'"))
     if "forcepath" in f:
         s3 = replace(s3, force_path_style=parse_bool(f["forcepath"], f"{where}: field 'forcepath'"))
-    if ("access" in f) != ("secret" in f):
-        raise ConfigError(f"{where}: fields 'access' and 'secret' go together. Fix: give both, or neither.")
-    if "access" in f:
-        s3 = replace(s3, access_key=Secret(f["access"]), secret_key=Secret(f["secret"]))
+    if "access" in f or "secret" in f:
+        access = Secret(f["access"]) if f.get("access") else s3.access_key
+        secret = Secret(f["secret"]) if f.get("secret") else s3.secret_key
+        if not access or not secret:
+            given, missing = ("access", "secret") if f.get("access") else ("secret", "access")
+            raise ConfigError(
+                f"{where}: field {given!r}: given without {missing!r}, and S3_{missing.upper()}_KEY is not set. "
+                f"Fix: add {missing}=... to this item, or set both S3_ACCESS_KEY and S3_SECRET_KEY."
+            )
+        s3 = replace(s3, access_key=access, secret_key=secret)
     days, weeks, months = (
-        parse_int(f[k], f"{where}: field {k!r}") if k in f else retention[k.split("_")[1]]
+        parse_int(f[k], f"{where}: field {k!r}", maximum=MAX_RETENTION[k.split("_")[1]])
+        if k in f else retention[k.split("_")[1]]
         for k in ("retention_days", "retention_weeks", "retention_months")
     )
     db_buckets = parse_db_buckets(f["db_buckets"], where) if "db_buckets" in f else {}
     if bucket is None and not db_buckets:
         raise ConfigError(
-            f"{where}: no bucket. Fix: set S3_BUCKET, or bucket=... (or db_buckets=...) in this PG_URLS item."
+            f"{where}: field 'bucket': no bucket for this connection. Fix: set S3_BUCKET, or add "
+            "bucket=NAME (or db_buckets=db=NAME,...) to this PG_URLS item."
         )
     return Connection(
         index=item.number - 1,
@@ -464,8 +699,9 @@ def _name_connections(connections: list[Connection]) -> list[Connection]:
     for c in named:
         if c.name in seen:
             raise ConfigError(
-                f"PG_URLS item {c.index + 1}: its name {c.name!r} is already used by item {seen[c.name] + 1}, "
-                "and both would write to the same folder. Fix: give one of them a prefix (prefix|...|postgres://...)."
+                f"PG_URLS item {c.index + 1} ({c.name}): field 'prefix': the name {c.name!r} is already used by "
+                f"item {seen[c.name] + 1}, and both would write to the same folder. "
+                "Fix: give one of them a distinct prefix (prefix|...|postgres://...)."
             )
         seen[c.name] = c.index
     return named

@@ -2,9 +2,11 @@
 
     {GLOBAL_PREFIX}/{base_dir}/{db}/{prefix-}{db}-{HH}h-{MM}m-{DD}d-{MM}mes-{YYYY}y.zip
 
-A database name is free text in PostgreSQL, so two characters are percent-encoded wherever it appears
-in a key: ``%`` as ``%25`` and ``/`` as ``%2F``. Nothing else changes, so every name the original
-wrote is unchanged, and the encoding can always be decoded.
+A database name is free text in PostgreSQL, so it is percent-encoded wherever it appears in a key, but
+only as little as needed: ``%`` becomes ``%25`` and ``/`` becomes ``%2F`` (so a name never adds a path
+segment), and a name that is exactly ``.`` or ``..`` becomes ``%2E`` / ``%2E%2E`` (path segments many
+S3-compatible stores and tools refuse or collapse). Every other name is written as the original wrote it,
+and :func:`decode_name` always gives the name back.
 """
 
 from __future__ import annotations
@@ -12,16 +14,22 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-_STAMP = r"(?P<H>\d{2})h-(?P<M>\d{2})m-(?P<d>\d{2})d-(?P<m>\d{2})mes-(?P<Y>\d{4})y\.zip"
+#: ASCII digits only: ``\d`` would also accept other scripts' digits, which we never write.
+_STAMP = r"(?P<H>[0-9]{2})h-(?P<M>[0-9]{2})m-(?P<d>[0-9]{2})d-(?P<m>[0-9]{2})mes-(?P<Y>[0-9]{4})y\.zip"
+_ESCAPED = re.compile(r"%(25|2[Ff]|2[Ee])")
+_UNESCAPE = {"25": "%", "2F": "/", "2f": "/", "2E": ".", "2e": "."}
 
 
 def encode_name(name: str) -> str:
-    """Make a database name safe as one key segment (reversible)."""
+    """Make a database name (or base_dir) safe as one key segment, reversibly."""
+    if name in (".", ".."):
+        return "%2E" * len(name)
     return name.replace("%", "%25").replace("/", "%2F")
 
 
 def decode_name(segment: str) -> str:
-    return segment.replace("%2F", "/").replace("%2f", "/").replace("%25", "%")
+    """The inverse of :func:`encode_name`, in one pass (so ``%252F`` gives back ``%2F``, not ``/``)."""
+    return _ESCAPED.sub(lambda m: _UNESCAPE[m.group(1)], segment)
 
 
 def filename(database: str, when: datetime, prefix: str | None = None) -> str:
@@ -48,8 +56,8 @@ def member_name(key: str) -> str:
 def parse_filename(name: str, database: str, prefix: str | None) -> datetime | None:
     """The time in a file name written by us for exactly this database and prefix, else None.
 
-    Anything else (another database whose name shares a start, a person's file, another prefix) gives
-    None, and retention never touches what gives None.
+    Anything else (another database whose name shares a start, a person's file, another prefix, an
+    impossible date) gives None, and retention never touches what gives None.
     """
     lead = re.escape(f"{prefix}-" if prefix else "") + re.escape(encode_name(database)) + "-"
     m = re.fullmatch(lead + _STAMP, name)
