@@ -1,0 +1,390 @@
+"""The handler without Lambda: event -> configuration -> pipeline -> JSON summary.
+
+``lambda_function`` (Powertools, boto3's Lambda client) and the local runner both call :func:`handle`,
+so that a scheduled run behaves the same in Lambda and in a container. What differs is passed in an
+:class:`Edge`: in Lambda an ``invoker`` re-invokes this function asynchronously (fan-out, time-budget
+hand-off); without one, everything runs here, one connection after another.
+
+Event contract (also in README.md, "Lambda events"):
+
+``{"connection": "<name or 0-based index>"}``
+    Back up every database of that connection (minus ``ignore=``), each followed by its retention.
+``{"connection": "...", "databases": ["a", "b"]}``
+    Back up only those databases (each must exist).
+``{}``, an EventBridge scheduled event (``"source"`` and ``"detail-type"`` keys; the rest is ignored),
+or any event without ``connection``
+    Fan out: in Lambda, one asynchronous invocation ``{"connection": name}`` per connection, returning
+    the names dispatched; elsewhere, every connection in turn, here.
+``{"action": "verify", "connection": "...", ["databases": [...]]}``
+    Restore-test the newest backups (``pgbkp.restore.verify``).
+
+Any other key, a wrong type, an empty or non-string database list, an unknown action or connection is
+an :class:`EventError` (a :class:`ConfigError`), raised before any work starts.
+
+The 15-minute limit: before each database but the first of an invocation, if the time left is below
+``TIME_SAFETY_MARGIN_SECONDS`` (120) plus the database's size on disk at ``TIME_ESTIMATE_MB_PER_SECOND``
+(10), the rest is handed to a fresh invocation ``{"connection": name, "databases": [rest]}``. The first
+database always starts, so every invocation makes progress and a chain of hand-offs cannot go on forever.
+Mid-dump, when less than ``TIME_HARD_MARGIN_SECONDS`` (20) is left, the pipeline aborts the upload (no
+multipart upload is left behind) and that database is reported as failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pgbkp import pipeline
+from pgbkp.config import Config, ConfigError, Connection, load, parse_int
+from pgbkp.pipeline import DatabaseResult, Job, Observer
+from pgbkp.redact import redact
+
+log = logging.getLogger(__name__)
+
+EVENT_KEYS = frozenset({"action", "connection", "databases"})
+ACTIONS = ("backup", "verify")
+#: An EventBridge (rule or Scheduler) event carries these; it means "the schedule fired": fan out.
+SCHEDULED_EVENT_KEYS = frozenset({"source", "detail-type"})
+#: Set by the local runner (and by ``sam local``): fan out in-process even if AWS_LAMBDA_FUNCTION_NAME is set.
+LOCAL_MARKERS = ("PGBKP_LOCAL_RUNNER", "AWS_SAM_LOCAL")
+
+class EventError(ConfigError):
+    """The event is malformed; nothing was started."""
+
+
+class BackupFailedError(Exception):
+    """Some database failed (the others were finished first); ``summary`` is the full result."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class DispatchError(Exception):
+    """An asynchronous self-invocation (fan-out or hand-off) was refused."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated event."""
+
+    action: str = "backup"
+    connection: str | int | None = None
+    databases: tuple[str, ...] | None = None
+
+    @property
+    def fan_out(self) -> bool:
+        return self.connection is None
+
+
+def parse_event(event: object) -> Request:
+    """Check the event's shape (not yet its connection: that needs the configuration)."""
+    if event is None:
+        return Request()
+    if not isinstance(event, Mapping):
+        raise EventError(f"event: expected a JSON object, got {type(event).__name__}. "
+                         'Fix: send {} or {"connection": "<name>"}.')
+    if event.keys() >= SCHEDULED_EVENT_KEYS:
+        return Request()
+    unknown = sorted(str(k) for k in event.keys() - EVENT_KEYS)
+    if unknown:
+        raise EventError(f"event: unknown key {', '.join(map(repr, unknown))}. "
+                         f"Fix: use only {', '.join(sorted(EVENT_KEYS))}.")
+    action = event.get("action", "backup")
+    if action not in ACTIONS:
+        raise EventError(f"event: field 'action': {action!r} is not an action. Fix: use one of {', '.join(ACTIONS)}.")
+    connection = event.get("connection")
+    if connection is not None:
+        valid = (isinstance(connection, str) and connection.strip()) or (
+            isinstance(connection, int) and not isinstance(connection, bool) and connection >= 0)
+        if not valid:
+            raise EventError(f"event: field 'connection': {connection!r} is not a connection. "
+                             "Fix: give its name (prefix or host) or its 0-based index.")
+    databases = event.get("databases")
+    if databases is not None:
+        if (not isinstance(databases, list) or not databases
+                or not all(isinstance(d, str) and d for d in databases)):
+            raise EventError(f"event: field 'databases': {databases!r} is not a list of database names. "
+                             'Fix: e.g. ["app", "analytics"], or leave it out for all databases.')
+        if connection is None:
+            raise EventError("event: field 'databases' needs 'connection'. Fix: add the connection's name.")
+        databases = tuple(dict.fromkeys(databases))
+    if action == "verify" and connection is None:
+        raise EventError("event: action 'verify' needs 'connection'. Fix: add the connection's name.")
+    return Request(action, connection, databases)
+
+
+def running_in_lambda(env: Mapping[str, str]) -> bool:
+    """In Lambda proper (not ``sam local``, not the local runner in the same image)."""
+    return bool(env.get("AWS_LAMBDA_FUNCTION_NAME")) and not any(env.get(m) for m in LOCAL_MARKERS)
+
+
+class Invoker(Protocol):
+    """Starts an asynchronous invocation of this very function with ``payload`` (raises on refusal)."""
+
+    def __call__(self, payload: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Edge:
+    """What the caller plugs in. The defaults are the local runner's: no Lambda, no Powertools."""
+
+    invoker: Invoker | None = None
+    observers: Sequence[Observer] = ()
+    #: Wraps each pipeline stage (Lambda: ``tracer.capture_method``).
+    wrap: Callable[[Any], Any] = field(default=lambda fn: fn)
+    #: Called with each final result, retention included (Lambda: EMF metrics).
+    report: Callable[[DatabaseResult], None] = field(default=lambda result: None)
+    #: Context manager that adds ``{"connection": name}`` to every log line inside it.
+    scope: Callable[[Mapping[str, str]], AbstractContextManager[Any]] = field(default=lambda keys: nullcontext())
+
+
+@dataclass(frozen=True)
+class TimeLimits:
+    safety_margin: float = 120.0
+    hard_margin: float = 20.0
+    mb_per_second: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TimeLimits:
+        def number(name: str, default: int, minimum: int) -> int:
+            return parse_int(env.get(name, "") or str(default), name, minimum=minimum, maximum=900)
+
+        return cls(number("TIME_SAFETY_MARGIN_SECONDS", 120, 0), number("TIME_HARD_MARGIN_SECONDS", 20, 1),
+                   number("TIME_ESTIMATE_MB_PER_SECOND", 10, 1))
+
+    def estimate(self, job: Job) -> float:
+        """Seconds a dump may need, from the database's size on disk (which over-counts: indexes)."""
+        return job.size_estimate / (self.mb_per_second * 1_000_000)
+
+
+class _Budget:
+    """Lambda's clock: decides whether the next database may start and whether a dump must stop."""
+
+    def __init__(self, context: Any, limits: TimeLimits) -> None:
+        self.context, self.limits = context, limits
+        self.started = 0
+        self.current: Job | None = None
+        self.tripped: tuple[Job, float] | None = None
+
+    def left(self) -> float | None:
+        remaining = getattr(self.context, "get_remaining_time_in_millis", None)
+        return None if remaining is None else remaining() / 1000
+
+    def before_job(self, job: Job, rest: list[Job]) -> bool:
+        left = self.left()
+        need = self.limits.safety_margin + self.limits.estimate(job)
+        if left is not None and left < need:
+            if self.started:
+                log.info("%.0f s left, %s needs about %.0f s: handing %d database(s) to a new invocation",
+                         left, job.database, need, len(rest), extra={"connection": job.connection.name})
+                return False
+            log.warning("%.0f s left, %s may need about %.0f s; starting it anyway (first of this invocation)",
+                        left, job.database, need, extra={"connection": job.connection.name})
+        self.started += 1
+        return True
+
+    def should_stop(self) -> bool:
+        left = self.left()
+        if left is None or left >= self.limits.hard_margin:
+            return False
+        if self.current is not None and self.tripped is None:
+            self.tripped = (self.current, left)
+        return True
+
+    # Observer: the pipeline tells us which job is in flight.
+    def started_job(self, job: Job) -> None:
+        self.current = job
+
+    def finished_job(self, job: Job) -> None:
+        self.current = None
+
+
+class _Observers:
+    """Fans the pipeline's progress out to the budget and the edge's observers."""
+
+    def __init__(self, budget: _Budget | None, others: Sequence[Observer]) -> None:
+        self.budget, self.others = budget, others
+
+    def started(self, job: Job) -> None:
+        if self.budget:
+            self.budget.started_job(job)
+        for o in self.others:
+            o.started(job)
+
+    def dumped(self, job: Job, n: int) -> None:
+        for o in self.others:
+            o.dumped(job, n)
+
+    def uploaded(self, job: Job, n: int) -> None:
+        for o in self.others:
+            o.uploaded(job, n)
+
+    def finished(self, job: Job, result: DatabaseResult) -> None:
+        if self.budget:
+            self.budget.finished_job(job)
+        for o in self.others:
+            o.finished(job, result)
+
+
+def summarize(result: DatabaseResult) -> dict[str, Any]:
+    """One database's line in the JSON result: where it went, how big, how long, and what retention did."""
+    deleted = [{"key": a.key, "reasons": a.reasons, "done": a.done} for a in result.retention if a.action == "delete"]
+    return {
+        "connection": result.connection,
+        "database": result.database,
+        "bucket": result.bucket,
+        "key": result.key,
+        "status": result.status,
+        "bytes": result.object_bytes,
+        "raw_bytes": result.raw_bytes,
+        "seconds": result.seconds,
+        "error": result.error,
+        "retention": {"deleted": deleted, "kept": sum(a.action == "keep" for a in result.retention)},
+    }
+
+
+def handle(event: object, context: Any = None, *, config: Config | None = None,
+           env: Mapping[str, str] | None = None, edge: Edge | None = None) -> dict[str, Any]:
+    """Run one event and return its JSON-able summary; raise BackupFailedError if any database failed.
+
+    ``config`` is loaded from ``env`` (default: the process environment) unless given. ``context`` is
+    Lambda's (anything with ``get_remaining_time_in_millis``) or None for no time limit.
+    """
+    request = parse_event(event)
+    config = config or load(env)
+    edge = edge or Edge()
+    if request.fan_out:
+        if edge.invoker is not None:
+            return _dispatch(config, edge.invoker)
+        connections = list(config.connections)
+    else:
+        assert request.connection is not None
+        connections = [config.connection(request.connection)]
+    if request.action == "verify":
+        return _verify(config, connections[0], request.databases, edge)
+
+    results: list[DatabaseResult] = []
+    handed_off: list[dict[str, Any]] = []
+    for conn in connections:
+        with edge.scope({"connection": conn.name}):
+            try:
+                done, deferred = _backup_connection(config, conn, request.databases, context, edge)
+            except ConfigError as exc:
+                if not request.fan_out:
+                    raise  # one connection asked for by name: the event itself is wrong
+                log.error("%s", exc, extra={"connection": conn.name})
+                done, deferred = [DatabaseResult(conn.name, "*", error=redact(str(exc)))], []
+            for r in done:
+                edge.report(r)
+            results += done
+            if deferred:
+                handed_off.append(_hand_off(conn, deferred, edge, results))
+    summary = {
+        "ok": all(r.status == "ok" for r in results),
+        "action": "backup",
+        "connections": [c.name for c in connections],
+        "results": [summarize(r) for r in results],
+        "handed_off": [h for h in handed_off if h],
+    }
+    failed = [r for r in results if r.status != "ok"]
+    if failed:
+        lines = "; ".join(f"{r.connection}/{r.database}: {r.error}" for r in failed)
+        raise BackupFailedError(f"{len(failed)} of {len(results)} database backups failed: {lines}", summary)
+    return summary
+
+
+def _backup_connection(config: Config, conn: Connection, databases: Sequence[str] | None, context: Any,
+                       edge: Edge) -> tuple[list[DatabaseResult], list[Job]]:
+    """Plan and run one connection; returns its results and the jobs the time budget did not start."""
+    budget = _Budget(context, TimeLimits.from_env(config.env)) if context is not None else None
+    the_plan = edge.wrap(pipeline.plan)(config, connections=[conn.index], databases=databases)
+    run = edge.wrap(pipeline.run)(
+        config, the_plan,
+        observer=_Observers(budget, edge.observers),
+        should_stop=budget.should_stop if budget else lambda: False,
+        before_job=budget.before_job if budget else lambda job, rest: True,
+    )
+    results = list(run.results)
+    if budget and budget.tripped:
+        job, left = budget.tripped
+        for r in results:
+            if (r.connection, r.database) == (job.connection.name, job.database) and r.status != "ok":
+                r.error = (f"{r.error} (Lambda time limit: {left:.0f} s left, under TIME_HARD_MARGIN_SECONDS="
+                           f"{budget.limits.hard_margin:.0f}; the upload was aborted. Fix: raise "
+                           "TIME_SAFETY_MARGIN_SECONDS or lower TIME_ESTIMATE_MB_PER_SECOND, or back this "
+                           "database up with the local runner if one invocation cannot hold it)")
+    if run.deferred and budget and not budget.started:
+        # Not even the first database could start: a new invocation would do the same, forever.
+        left = budget.left() or 0.0
+        for job in run.deferred:
+            results.append(DatabaseResult(
+                conn.name, job.database, job.bucket, job.key, error=(
+                    f"backup {job.url}: not started, {left:.0f} s left is under TIME_HARD_MARGIN_SECONDS="
+                    f"{budget.limits.hard_margin:.0f}. Fix: raise the function's timeout")))
+        return results, []
+    return results, list(run.deferred)
+
+
+def _hand_off(conn: Connection, deferred: list[Job], edge: Edge, results: list[DatabaseResult]) -> dict[str, Any]:
+    """Give the databases not started to a fresh invocation; without Lambda they count as failed."""
+    payload = {"connection": conn.name, "databases": [j.database for j in deferred]}
+    error = "not started: out of time, and no Lambda function to hand it to"
+    if edge.invoker is not None:
+        try:
+            edge.invoker(payload)
+            log.info("handed %d database(s) to a new invocation: %s", len(deferred),
+                     ", ".join(payload["databases"]), extra={"connection": conn.name})
+            return payload
+        except Exception as exc:
+            error = f"hand-off to a new invocation failed: {redact(str(exc))}"
+    for job in deferred:
+        r = DatabaseResult(conn.name, job.database, job.bucket, job.key, error=f"backup {job.url}: {error}")
+        log.error("%s", r.error, extra={"connection": conn.name, "database": job.database})
+        edge.report(r)
+        results.append(r)
+    return {}
+
+
+def _dispatch(config: Config, invoker: Invoker) -> dict[str, Any]:
+    """Fan out in Lambda: one asynchronous invocation per connection, each with its own 15 minutes."""
+    dispatched, errors = [], []
+    for conn in config.connections:
+        try:
+            invoker({"connection": conn.name})
+            dispatched.append(conn.name)
+        except Exception as exc:
+            errors.append(f"{conn.name}: {redact(str(exc))}")
+    log.info("dispatched %d connection(s): %s", len(dispatched), ", ".join(dispatched))
+    if errors:
+        raise DispatchError(f"invoke this function for {len(errors)} connection(s) failed: {'; '.join(errors)} "
+                            f"(dispatched: {', '.join(dispatched) or 'none'})")
+    return {"ok": True, "action": "fan-out", "dispatched": dispatched}
+
+
+def _verify(config: Config, conn: Connection, databases: Sequence[str] | None, edge: Edge) -> dict[str, Any]:
+    from pgbkp import restore  # lazily: the restore engine is not needed for backups
+
+    with edge.scope({"connection": conn.name}):
+        outcome = edge.wrap(restore.verify)(config, conn.name, databases=list(databases) if databases else None,
+                                            scratch_url=None)
+    doc = _jsonable(outcome)
+    ok = bool(getattr(outcome, "ok", doc.get("ok", True) if isinstance(doc, dict) else True))
+    summary = {"ok": ok, "action": "verify", "connections": [conn.name], "result": doc}
+    if not ok:
+        raise BackupFailedError(f"verify {conn.name}: restore test failed: {redact(str(doc))[:2000]}", summary)
+    return summary
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value

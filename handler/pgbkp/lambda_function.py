@@ -1,0 +1,172 @@
+"""The AWS Lambda entry point (``pgbkp.lambda_function.lambda_handler``): Powertools around handler_core.
+
+Everything Lambda-specific lives here and only here: Powertools Logger / Metrics / Tracer, secrets
+from Secrets Manager or SSM, and boto3's Lambda client for the asynchronous self-invocations (fan-out
+and time-budget hand-off). It is created by :func:`lambda_client`, the one seam the tests replace. The
+style guide keeps boto3 in ``storage/`` for the engine; this edge is outside the engine, and the
+engine's storage interface has no business invoking functions.
+
+The event contract is in :mod:`pgbkp.handler_core`. Metrics (namespace ``pgbkp``), one EMF document
+per database, with two dimension sets: ``[service, connection, database]`` for dashboards and
+``[service]`` for one alarm over every backup:
+
+``BackupSucceeded``, ``BackupFailed`` (Count), ``BackupBytes`` (Bytes, the stored object),
+``BackupSeconds`` (Seconds), ``RetentionDeleted`` (Count). Per invocation, with ``[service]``:
+``ConnectionsDispatched`` and ``DatabasesHandedOff`` (Count).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+from pgbkp import handler_core, settings_secrets
+from pgbkp.logs import RedactingFilter
+from pgbkp.pipeline import DatabaseResult, Job
+
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "pgbkp"
+NAMESPACE = "pgbkp"
+PACKAGE_LOGGER = "pgbkp"
+
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+tracer = Tracer(service=SERVICE)
+
+
+class _EdgeRedactingFilter(RedactingFilter):
+    """RedactingFilter, keeping the scrubbed traceback as an ``exception`` key (Powertools reads only exc_info)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        super().filter(record)
+        if record.exc_text:
+            record.exception = record.exc_text
+        return True
+
+
+def _route_package_logs() -> None:
+    """Send the ``pgbkp.*`` logger tree (pipeline, postgres, storage) through the Powertools handler.
+
+    Idempotent: a CLI or test that re-configured the ``pgbkp`` logger in the same process is undone."""
+    handler = logger.registered_handler
+    if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+        handler.addFilter(_EdgeRedactingFilter())
+    package = logging.getLogger(PACKAGE_LOGGER)
+    for other in [h for h in package.handlers if h is not handler]:
+        package.removeHandler(other)
+    if handler not in package.handlers:
+        package.addHandler(handler)
+    package.setLevel(logger.log_level)
+    package.propagate = False  # Lambda's root handler would print every line a second time
+
+
+_route_package_logs()
+
+
+@functools.cache
+def lambda_client() -> Any:
+    """boto3's Lambda client, made once per container (tests put a fake in its place)."""
+    import boto3
+
+    return boto3.client("lambda")
+
+
+def make_invoker(function_name: str) -> handler_core.Invoker:
+    """Asynchronous invocation of ``function_name`` (InvocationType Event: Lambda answers 202 and queues it)."""
+
+    def invoke(payload: dict[str, Any]) -> None:
+        response = lambda_client().invoke(FunctionName=function_name, InvocationType="Event",
+                                          Payload=json.dumps(payload).encode())
+        status = response.get("StatusCode")
+        if status != 202:
+            raise handler_core.DispatchError(f"invoke {function_name} {json.dumps(payload)}: status {status}")
+
+    return invoke
+
+
+@contextmanager
+def log_keys(keys: Mapping[str, str]) -> Iterator[None]:
+    logger.append_keys(**keys)
+    try:
+        yield
+    finally:
+        logger.remove_keys(list(keys))
+
+
+class EdgeObserver:
+    """Per database: a ``database`` log key and an X-Ray subsegment."""
+
+    def started(self, job: Job) -> None:
+        logger.append_keys(database=job.database)
+        subsegment = tracer.provider.begin_subsegment(f"## backup {job.database}"[:200])
+        if subsegment is not None:
+            subsegment.put_annotation("connection", job.connection.name)
+            subsegment.put_annotation("database", job.database)
+
+    def dumped(self, job: Job, n: int) -> None:
+        pass
+
+    def uploaded(self, job: Job, n: int) -> None:
+        pass
+
+    def finished(self, job: Job, result: DatabaseResult) -> None:
+        tracer.provider.end_subsegment()
+        logger.remove_keys(["database"])
+
+
+def report(result: DatabaseResult) -> None:
+    """One EMF document for one database: its own dimensions, plus ``[service]`` for the alarm."""
+    ok = result.status == "ok"
+    metrics.add_dimension("connection", result.connection)
+    metrics.add_dimension("database", result.database)
+    try:
+        metrics.add_dimensions(service=SERVICE)
+        metrics.add_metric("BackupSucceeded", MetricUnit.Count, int(ok))
+        metrics.add_metric("BackupFailed", MetricUnit.Count, int(not ok))
+        metrics.add_metric("BackupBytes", MetricUnit.Bytes, result.object_bytes)
+        metrics.add_metric("BackupSeconds", MetricUnit.Seconds, result.seconds)
+        metrics.add_metric("RetentionDeleted", MetricUnit.Count,
+                           sum(a.action == "delete" and a.done for a in result.retention))
+        metrics.flush_metrics()
+    finally:
+        metrics.clear_metrics()
+
+
+def edge(env: Mapping[str, str], context: Any) -> handler_core.Edge:
+    """The Lambda edge: an invoker when really in Lambda, tracing, metrics, log keys."""
+    invoker = None
+    if handler_core.running_in_lambda(env):
+        name = getattr(context, "function_name", None) or env["AWS_LAMBDA_FUNCTION_NAME"]
+        invoker = make_invoker(name)
+    return handler_core.Edge(invoker=invoker, observers=[EdgeObserver()], wrap=tracer.capture_method,
+                             report=report, scope=log_keys)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    _route_package_logs()
+    env = settings_secrets.resolve(os.environ)
+    try:
+        summary = handler_core.handle(event, context, env=env, edge=edge(env, context))
+    except handler_core.BackupFailedError as exc:
+        _count_invocation(exc.summary)
+        logger.error("backup failed", extra={"summary": exc.summary})
+        raise
+    _count_invocation(summary)
+    logger.info("done", extra={"summary": summary})
+    return summary
+
+
+def _count_invocation(summary: Mapping[str, Any]) -> None:
+    metrics.add_metric("ConnectionsDispatched", MetricUnit.Count, len(summary.get("dispatched", [])))
+    metrics.add_metric("DatabasesHandedOff", MetricUnit.Count,
+                       sum(len(h["databases"]) for h in summary.get("handed_off", [])))
