@@ -69,17 +69,20 @@ class MemoryStorage:
         self.objects: dict[str, dict[str, tuple[bytes, dict[str, str], datetime]]] = {b: {} for b in buckets}
         self.pending: dict[str, PendingUpload] = {}
 
-    def _bucket(self, bucket: str) -> dict[str, tuple[bytes, dict[str, str], datetime]]:
+    def _bucket(self, bucket: str, op: str = "access") -> dict[str, tuple[bytes, dict[str, str], datetime]]:
         if bucket not in self.objects:
-            raise NotFoundError(f"access s3://{bucket}: bucket does not exist")
+            raise NotFoundError(f"{op} s3://{bucket}: it does not exist. Fix: create it, or correct "
+                                "S3_BUCKET / bucket= / db_buckets=")
         return self.objects[bucket]
 
     def put(self, bucket: str, key: str, body: bytes, metadata: Mapping[str, str] | None = None) -> None:
         with self._lock:
-            self._bucket(bucket)[key] = (body, dict(metadata or {}), datetime.now(UTC))
+            # S3 lower-cases user metadata names; so does this fake, so callers cannot come to rely on case.
+            meta = {k.lower(): v for k, v in (metadata or {}).items()}
+            self._bucket(bucket)[key] = (body, meta, datetime.now(UTC))
 
     def check_bucket(self, bucket: str) -> None:
-        self._bucket(bucket)
+        self._bucket(bucket, "check bucket")
 
     def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
         with self._lock:
@@ -102,8 +105,13 @@ class MemoryStorage:
         return MemoryUpload(self, bucket, key, metadata or {}, on_progress)
 
     def download(self, bucket: str, key: str) -> MemoryDownload:
-        info = self.head(bucket, key)
-        return MemoryDownload(info, self.objects[bucket][key][0])
+        try:
+            info = self.head(bucket, key)
+        except NotFoundError as exc:
+            raise NotFoundError(str(exc).replace("head ", "download ", 1)) from None
+        with self._lock:
+            body = self.objects[bucket][key][0]
+        return MemoryDownload(info, body)
 
     def delete(self, bucket: str, keys: Sequence[str]) -> None:
         with self._lock:

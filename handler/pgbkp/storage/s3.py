@@ -8,7 +8,6 @@ exists only after an explicit :meth:`S3Upload.commit`, and any failure aborts th
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import logging
 import threading
@@ -29,10 +28,18 @@ log = logging.getLogger(__name__)
 #: S3 allows 10,000 parts. Part n is ``part_size * (1 + n // PARTS_PER_STEP)`` bytes, so 8 MiB parts
 #: reach ~440 GB while memory stays at a few parts for ordinary dumps.
 PARTS_PER_STEP = 1000
+MAX_PARTS = 10_000
+#: The largest object CopyObject accepts; above it the metadata self-copy is a multipart copy.
 MAX_COPY_SIZE = 5 * 1024**3
+COPY_PART_SIZE = 512 * 1024**2
+MIN_PART_SIZE = 5 * 1024**2
+#: DeleteObjects takes at most 1000 keys.
+DELETE_BATCH = 1000
 _STRIPPED_PREFIXES = ("x-amz-checksum-", "x-amz-sdk-checksum-algorithm")
+#: Error codes (or bare HTTP statuses) of stores that do not implement DeleteObjects, or reject how
+#: boto3 signs it (for example a missing Content-MD5): fall back to one DeleteObject per key.
 _BATCH_DELETE_UNSUPPORTED = {"NotImplemented", "MalformedXML", "InvalidRequest", "MethodNotAllowed",
-                             "XNotImplemented"}
+                             "XNotImplemented", "501", "405"}
 
 
 def _describe(exc: BaseException) -> str:
@@ -103,7 +110,9 @@ def make_client(settings: S3Settings) -> Any:
 
 class S3Upload:
     """Stream bytes into one object: one PUT if small, else a multipart upload with parts in flight
-    on a few threads. Memory is bounded by about ``(concurrency + 1) x part size``."""
+    on a few threads. Memory is bounded by about ``(concurrency + 1) x part size`` plus one write.
+
+    Not thread-safe: one producer calls write/commit/abort. ``on_progress`` runs on the part threads."""
 
     def __init__(self, storage: S3Storage, bucket: str, key: str, metadata: Mapping[str, str],
                  on_progress: Callable[[int], None] | None) -> None:
@@ -121,7 +130,11 @@ class S3Upload:
         self._pool: ThreadPoolExecutor | None = None
         self._failure: BaseException | None = None
         self._state = "open"
-        self._landed = False  # an object now exists under the key (it must go if the commit fails)
+        # Set just before the request that makes the object visible (PutObject or
+        # CompleteMultipartUpload): from then on a failed commit must remove what may have landed,
+        # but never an older object that was already under the key (its ETag is kept to tell them apart).
+        self._final_sent = False
+        self._prior_etag: str | None = None
         self.bytes_written = 0
 
     @property
@@ -134,38 +147,50 @@ class S3Upload:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._state != "open":
             raise StorageError(f"upload {self.url}: write after {self._state}")
+        self._raise_if_failed()
         self._sha.update(data)
         self._buf += data
         self.bytes_written += len(data)
         while len(self._buf) >= self._part_size():
-            size = self._part_size()
-            part = bytes(self._buf[:size])
-            del self._buf[:size]
-            self._send_part(part)
+            self._send_part(self._part_size())
 
-    def _send_part(self, part: bytes) -> None:
+    def _raise_if_failed(self) -> None:
+        """A part failed on a worker thread: stop the producer at its next write, not at commit."""
         if self._failure is not None:
             raise StorageError(f"upload {self.url}: {_describe(self._failure)}") from self._failure
+
+    def _send_part(self, size: int) -> None:
+        """Cut the next ``size`` bytes off the buffer and hand them to a part thread."""
+        self._raise_if_failed()
         if self._upload_id is None:
             try:
                 resp = self._client.create_multipart_upload(
                     Bucket=self.bucket, Key=self.key, Metadata=self._metadata, ContentType="application/zip")
-            except botocore.exceptions.BotoCoreError as exc:
-                raise _error("upload", self.bucket, self.key, exc) from exc
-            except botocore.exceptions.ClientError as exc:
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
                 raise _error("upload", self.bucket, self.key, exc) from exc
             self._upload_id = resp["UploadId"]
             self._pool = ThreadPoolExecutor(self._s.settings.concurrency, thread_name_prefix="s3-part")
         number = len(self._futures) + 1
-        self._slots.acquire()  # blocks the producer when every slot holds a part: bounded memory
+        if number > MAX_PARTS:
+            raise StorageError(f"upload {self.url}: more than {MAX_PARTS} parts ({self.bytes_written} bytes so "
+                               "far). Fix: raise S3_PART_SIZE_MB")
+        # Take a slot *before* cutting the part, so at most `concurrency` parts live outside the buffer:
+        # the producer blocks here while every slot is busy, which bounds memory whatever the dump size.
+        self._slots.acquire()
+        if self._failure is not None:
+            self._slots.release()
+            self._raise_if_failed()
+        with memoryview(self._buf) as view:
+            part = bytes(view[:size])
+        del self._buf[:size]
         assert self._pool is not None
         fut = self._pool.submit(self._upload_part, number, part)
         fut.add_done_callback(lambda _f: self._slots.release())
         self._futures.append(fut)
 
     def _upload_part(self, number: int, data: bytes) -> None:
-        if self._failure is not None:
-            return
+        if self._failure is not None or self._state == "aborted":
+            return  # pointless now; commit() notices the missing part, abort() drops the upload
         try:
             resp = self._client.upload_part(
                 Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=data)
@@ -185,49 +210,63 @@ class S3Upload:
             if self._upload_id is None:
                 body = bytes(self._buf)
                 self._buf = bytearray()
+                self._before_landing()
                 self._client.put_object(Bucket=self.bucket, Key=self.key, Body=body, Metadata=final,
                                         ContentType="application/zip")
-                self._landed = True
                 if self._on_progress is not None:
                     self._on_progress(len(body))
             else:
                 if self._buf or not self._futures:
-                    part = bytes(self._buf)
-                    self._buf = bytearray()
-                    self._send_part(part)
+                    self._send_part(len(self._buf))
                 for fut in self._futures:
                     fut.result()
+                self._raise_if_failed()
+                if len(self._parts) != len(self._futures):
+                    raise StorageError(f"upload {self.url}: {len(self._futures) - len(self._parts)} parts "
+                                       "were not uploaded")
                 parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
+                self._before_landing()
                 self._client.complete_multipart_upload(
                     Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": parts})
                 self._upload_id = None
-                self._landed = True
                 self._s.set_metadata(self.bucket, self.key, final, self.bytes_written)
             info = self._s.head(self.bucket, self.key)
-        except StorageError as exc:
-            self._fail_commit()
-            raise StorageError(str(exc)) from exc
         except Exception as exc:
-            self._fail_commit()
-            raise _error("upload", self.bucket, self.key, exc) from exc
+            err = exc if isinstance(exc, StorageError) else _error("upload", self.bucket, self.key, exc)
+            raise self._fail_commit(err) from exc
         if info.size != self.bytes_written or info.metadata.get("sha256") != final["sha256"]:
-            self._fail_commit()
-            raise StorageError(
+            raise self._fail_commit(StorageError(
                 f"upload {self.url}: stored object has {info.size} bytes and sha256 "
-                f"{info.metadata.get('sha256')}, expected {self.bytes_written} and {final['sha256']}; removed")
+                f"{info.metadata.get('sha256')}, expected {self.bytes_written} and {final['sha256']}"))
         self._state = "committed"
         self._shutdown()
         return info
 
-    def _fail_commit(self) -> None:
-        """A commit that failed half-way must not leave a half-made object behind."""
-        self.abort()
-        if self._landed:
-            with contextlib.suppress(Exception):
-                self._client.delete_object(Bucket=self.bucket, Key=self.key)
+    def _before_landing(self) -> None:
+        self._prior_etag = self._s.etag(self.bucket, self.key)
+        self._final_sent = True
+
+    def _fail_commit(self, err: StorageError) -> StorageError:
+        """A commit that failed half-way must leave neither a pending upload nor a half-made object
+        (one without its sha256, or whose completion answer was lost). Returns the error to raise."""
+        notes = []
+        try:
+            self.abort()
+        except StorageError as exc:
+            notes.append(str(exc))
+        if self._final_sent:
+            try:
+                if self._s.remove_if_replaced(self.bucket, self.key, self._prior_etag):
+                    notes.append("the incomplete object was removed")
+            except StorageError as exc:
+                notes.append(f"the incomplete object may remain: {exc}")
+        return type(err)("; ".join([str(err), *notes]))
 
     def abort(self) -> None:
-        if self._state in ("aborted", "committed"):
+        """Drop the upload. Waits for parts in flight first (a part that lands after the abort would
+        otherwise keep a billed upload alive), then aborts with retries. Calling it again after a failed
+        abort retries; after a successful one it does nothing."""
+        if self._state == "committed":
             return
         self._state = "aborted"
         self._buf = bytearray()
@@ -262,11 +301,19 @@ class S3Download:
 class S3Storage:
     """:class:`pgbkp.storage.Storage` on one S3 endpoint."""
 
-    def __init__(self, settings: S3Settings, *, abort_timeout: float = 60.0) -> None:
+    def __init__(self, settings: S3Settings, *, abort_timeout: float = 60.0, copy_threshold: int = MAX_COPY_SIZE,
+                 copy_part_size: int = COPY_PART_SIZE) -> None:
+        """``abort_timeout``: how long cleanup (abort, removing a half-made object) keeps retrying.
+        ``copy_threshold``/``copy_part_size``: above the threshold the metadata self-copy is a multipart
+        copy in parts of that size (tests lower both to exercise that path with small objects)."""
+        if not MIN_PART_SIZE <= copy_part_size <= MAX_COPY_SIZE or copy_threshold > MAX_COPY_SIZE:
+            raise ValueError("copy_part_size must be within 5 MiB..5 GiB and copy_threshold at most 5 GiB")
         self.settings = settings
         self.client = make_client(settings)
         self.abort_timeout = abort_timeout
-        self.copy_part_size = 512 * 1024 * 1024
+        self.copy_threshold = copy_threshold
+        self.copy_part_size = copy_part_size
+        self._batch_delete = True  # cleared the first time the store rejects DeleteObjects
 
     def check_bucket(self, bucket: str) -> None:
         try:
@@ -318,7 +365,7 @@ class S3Storage:
 
         The SHA-256 of a streamed object is only known at its end, after the multipart upload began."""
         src = {"Bucket": bucket, "Key": key}
-        if size <= MAX_COPY_SIZE:
+        if size <= self.copy_threshold:
             self.client.copy_object(Bucket=bucket, Key=key, CopySource=src, Metadata=dict(metadata),
                                     MetadataDirective="REPLACE", ContentType="application/zip")
             return
@@ -340,39 +387,85 @@ class S3Storage:
             self.abort_upload(bucket, key, upload_id)
             raise
 
-    def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
-        """Abort, retrying for a while: a store that is briefly down must not keep billing for parts."""
+    def _retrying(self, what: str, attempt: Callable[[], Any]) -> Any:
+        """Run ``attempt`` until it succeeds or ``abort_timeout`` passes: cleanup after a failure must
+        outlast a store that is briefly down, since what it leaves behind is billed or misleading."""
         deadline = time.monotonic() + self.abort_timeout
-        delay = 0.5
+        delay = 0.25
         while True:
             try:
-                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-                return
-            except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
-                    return
-                last: BaseException = exc
-            except botocore.exceptions.BotoCoreError as exc:
-                last = exc
-            if time.monotonic() + delay > deadline:
-                raise StorageError(
-                    f"abort upload s3://{bucket}/{key} (upload id {upload_id}): {_describe(last)}. Its parts "
-                    "stay billed until the next run removes stale uploads, or run: aws s3api "
-                    f"abort-multipart-upload --bucket {bucket} --key <key> --upload-id {upload_id}")
+                return attempt()
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise StorageError(f"{what}: {_describe(exc)}") from exc
+                log.debug("%s: %s; retrying in %.2fs", what, _describe(exc), delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
+    def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort, retrying for a while: a store that is briefly down must not keep billing for parts."""
+
+        def attempt() -> None:
+            try:
+                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+                    raise
+
+        try:
+            self._retrying(f"abort upload s3://{bucket}/{key} (upload id {upload_id})", attempt)
+        except StorageError as exc:
+            raise StorageError(
+                f"{exc}. Its parts stay billed until the next run removes stale uploads, or run: aws s3api "
+                f"abort-multipart-upload --bucket {bucket} --key <key> --upload-id {upload_id}") from exc
+
+    def etag(self, bucket: str, key: str) -> str | None:
+        """The object's ETag, or None when there is no object under the key."""
+        try:
+            return str(self.client.head_object(Bucket=bucket, Key=key)["ETag"])
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise _error("head", bucket, key, exc) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _error("head", bucket, key, exc) from None
+
+    def remove_if_replaced(self, bucket: str, key: str, prior_etag: str | None) -> bool:
+        """Delete the object under ``key`` unless it is the one that was there before (``prior_etag``).
+        Retries like an abort. Returns whether something was deleted."""
+
+        def attempt() -> bool:
+            try:
+                current = self.client.head_object(Bucket=bucket, Key=key)["ETag"]
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+            if current == prior_etag:
+                return False
+            self.client.delete_object(Bucket=bucket, Key=key)
+            return True
+
+        return bool(self._retrying(f"delete s3://{bucket}/{key}", attempt))
+
     def delete(self, bucket: str, keys: Sequence[str]) -> None:
         keys = list(keys)
-        for start in range(0, len(keys), 1000):
-            batch = keys[start:start + 1000]
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start:start + DELETE_BATCH]
+            if not self._batch_delete:
+                self._delete_singly(bucket, batch)
+                continue
             try:
                 resp = self.client.delete_objects(
                     Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
             except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in _BATCH_DELETE_UNSUPPORTED:
+                err = exc.response.get("Error", {})
+                status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+                if err.get("Code") not in _BATCH_DELETE_UNSUPPORTED and status not in _BATCH_DELETE_UNSUPPORTED:
                     raise _error("delete", bucket, batch[0], exc) from None
-                log.info("s3://%s does not support batch delete; deleting one by one", bucket)
+                log.info("s3://%s rejected batch delete (%s); deleting one key at a time", bucket,
+                         _describe(exc))
+                self._batch_delete = False
                 self._delete_singly(bucket, batch)
                 continue
             except botocore.exceptions.BotoCoreError as exc:
@@ -385,11 +478,15 @@ class S3Storage:
                     f"({len(errors)} of {len(batch)} keys not deleted)")
 
     def _delete_singly(self, bucket: str, keys: Sequence[str]) -> None:
-        for key in keys:
+        def one(key: str) -> None:
             try:
                 self.client.delete_object(Bucket=bucket, Key=key)
             except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
                 raise _error("delete", bucket, key, exc) from None
+
+        with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="s3-delete") as pool:
+            for _ in pool.map(one, keys):
+                pass
 
     def pending_uploads(self, bucket: str, prefix: str) -> Iterator[PendingUpload]:
         try:
