@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from pgbkp.redact import redact
@@ -70,3 +73,36 @@ def setup(level: str = "INFO", fmt: str | None = None, stream: TextIO | None = N
     root.addHandler(make_handler(stream or sys.stderr, fmt))
     root.setLevel(level)
     root.propagate = False
+
+
+# --------------------------------------------------------------------------------------------------
+# The local runner's log file
+
+DEFAULT_LOG_FILE = "/var/log/pg-backup.log"
+FORMATS = ("json", "text")
+#: Values of LOG_FILE that mean "no log file".
+NO_FILE = ("", "-", "off", "none", "false")
+MAX_BYTES = 10 * 1024 * 1024
+BACKUP_COUNT = 5
+
+
+def log_file_path(value: str | None) -> Path | None:
+    """Where ``pgbkp serve`` writes its file: LOG_FILE, else the original's /var/log/pg-backup.log when
+    that folder is writable (as in the container, with its ./logs volume), else nowhere."""
+    if value is not None:
+        return None if value.strip().lower() in NO_FILE else Path(value.strip())
+    default = Path(DEFAULT_LOG_FILE)
+    writable = os.access(default, os.W_OK) if default.exists() else os.access(default.parent, os.W_OK)
+    return default if writable else None
+
+
+def add_file(path: str | os.PathLike[str], fmt: str | None = None) -> logging.Handler:
+    """Add a rotating file (10 MB x 5) to the ``pgbkp`` logger, JSON unless LOG_FORMAT=text.
+
+    It gets plain lines only: progress bars go to the terminal, never here."""
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT,
+                                                   encoding="utf-8")
+    handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
+    handler.addFilter(RedactingFilter())
+    logging.getLogger("pgbkp").addHandler(handler)
+    return handler

@@ -1,0 +1,339 @@
+"""The local runner: ``pgbkp serve`` backs up at start and then on CRON_SCHEDULE; ``pgbkp health``.
+
+It replaces the original's crond, which started jobs with an empty environment (the classic failure of
+cron containers): this is one long-lived process that keeps its own. Each run goes through the same
+handler core as the Lambda function, with the fan-out event ``{}``, so connections run one after another
+in-process. Runs never overlap: a tick that comes while a run is still going is skipped and logged.
+
+On SIGTERM or SIGINT no new database starts; the one in flight gets SHUTDOWN_GRACE_SECONDS to finish,
+after which its upload is aborted (no multipart upload is left behind) and the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import takewhile
+from pathlib import Path
+from typing import Any
+
+from pgbkp import health, logs, pipeline, progress, schedule
+from pgbkp.config import Config, ConfigError, load, parse_bool, parse_int
+from pgbkp.pipeline import DatabaseResult, Job, Observer
+from pgbkp.redact import redact
+
+log = logging.getLogger("pgbkp.runner")
+
+DEFAULT_GRACE_SECONDS = 30
+#: The longest single sleep: wall-clock jumps (host suspend, NTP) are noticed within this many seconds.
+MAX_NAP = 60.0
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+@dataclass
+class Outcome:
+    """One run, whatever went wrong: exit code, a human summary (the ping body), and per-database results."""
+
+    code: int
+    summary: str
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.code == EXIT_OK
+
+
+#: ``backup(should_stop, observer) -> Outcome``: one run of every connection.
+BackupFn = Callable[[Callable[[], bool], Observer], Outcome]
+
+
+def summarize(results: Sequence[Mapping[str, Any]], not_started: Sequence[str] = ()) -> str:
+    """One line per database, failures with their error: what a ping body or a log reader needs."""
+    lines = []
+    for r in results:
+        where = f"s3://{r['bucket']}/{r['key']}" if r.get("key") else "-"
+        line = (f"{r['status']:<8} {r['connection']}/{r['database']} {where} "
+                f"{progress.size(r.get('raw_bytes') or 0)} dumped, {progress.size(r.get('object_bytes') or 0)} "
+                f"stored, {float(r.get('seconds') or 0):.1f}s")
+        lines.append(line + (f": {r['error']}" if r.get("error") else ""))
+    lines += [f"{'skipped':<8} {name}: not started (shutdown)" for name in not_started]
+    failed = sum(1 for r in results if r["status"] not in ("ok", "dry-run"))
+    head = (f"{len(lines)} database(s): " + ("all ok" if not failed and not not_started else
+                                               f"{failed} failed, {len(not_started)} not started"))
+    return "\n".join([head, *lines])
+
+
+def backup_with_pipeline(should_stop: Callable[[], bool], observer: Observer) -> Outcome:
+    """Every connection, in order, straight through the pipeline (config re-read from the environment)."""
+    config = load()
+    result = pipeline.run(config, pipeline.plan(config), observer=observer, should_stop=should_stop)
+    rows = [r.as_dict() for r in result.results]
+    names = [f"{j.connection.name}/{j.database}" for j in result.deferred]
+    return Outcome(EXIT_OK if result.ok and not names else EXIT_FAILED, summarize(rows, names), rows)
+
+
+class _Tracking:
+    """Forwards progress and counts databases in flight, which decides what a stop request means."""
+
+    def __init__(self, runner: Runner, inner: Observer) -> None:
+        self._runner, self._inner = runner, inner
+
+    def started(self, job: Job) -> None:
+        self._runner.in_flight += 1
+        self._inner.started(job)
+
+    def dumped(self, job: Job, n: int) -> None:
+        self._inner.dumped(job, n)
+
+    def uploaded(self, job: Job, n: int) -> None:
+        self._inner.uploaded(job, n)
+
+    def finished(self, job: Job, result: DatabaseResult) -> None:
+        self._runner.in_flight -= 1
+        self._inner.finished(job, result)
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat(timespec="seconds")
+
+
+class Runner:
+    """The scheduler. ``clock`` (aware datetimes) and ``sleep`` are injectable so tests need not wait."""
+
+    def __init__(
+        self,
+        *,
+        backup: BackupFn,
+        schedule: schedule.Schedule | None,
+        timezone: str = "UTC",
+        observer: Observer | None = None,
+        pinger: health.Pinger | None = None,
+        health_file: str | Path | None = None,
+        grace: float = DEFAULT_GRACE_SECONDS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], Any] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.schedule = schedule
+        self.grace = grace
+        self.in_flight = 0
+        self._backup = backup
+        self._observer = _Tracking(self, observer or pipeline.NullObserver())
+        self._pinger = pinger or health.Pinger(None)
+        self._health_file = health_file
+        self._clock = clock
+        self._stop = threading.Event()
+        self._sleep = sleep or self._stop.wait  # a stop request ends the sleep at once
+        self._monotonic = monotonic
+        self._stop_at: float | None = None
+        self._aborting = False
+        self.runs = 0
+        zone = self.schedule.timezone.key if self.schedule else timezone
+        self.status = health.Status(started_at=_iso(self._local(clock())), timezone=zone,
+                                    schedule=self.schedule.expression if self.schedule else None)
+
+    def _local(self, t: datetime) -> datetime:
+        return t.astimezone(self.schedule.timezone) if self.schedule else t
+
+    # -- stopping --------------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """First request: no new database; the current one has ``grace`` seconds. Second: abort now."""
+        if self._stop.is_set():
+            if self.grace:
+                log.warning("%s again: aborting the current database now", reason)
+            self.grace = 0
+            return
+        self._stop_at = self._monotonic()
+        self._stop.set()
+        if self.in_flight:
+            log.warning("%s: no new database will start; the current one has %ss to finish, then its upload "
+                        "is aborted", reason, f"{self.grace:g}")
+        else:
+            log.warning("%s: exiting (no backup in progress)", reason)
+
+    def should_stop(self) -> bool:
+        """Asked by the pipeline before each database and for every chunk of a dump."""
+        if not self._stop.is_set():
+            return False
+        if not self.in_flight:
+            return True
+        assert self._stop_at is not None
+        if self._monotonic() - self._stop_at < self.grace:
+            return False
+        if not self._aborting:
+            self._aborting = True
+            log.warning("shutdown grace period (%ss) is over: aborting the current upload", f"{self.grace:g}")
+        return True
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run_once(self) -> Outcome:
+        """One run of every connection, with the health pings and the status file around it."""
+        started = self._local(self._clock())
+        self.runs += 1
+        self.status.running_since = _iso(started)
+        self._save_status()
+        log.info("run started")
+        self._pinger.start(f"pgbkp run started at {_iso(started)}")
+        try:
+            outcome = self._backup(self.should_stop, self._observer)
+        except ConfigError as exc:
+            outcome = Outcome(EXIT_USAGE, f"configuration error: {redact(str(exc))}")
+        except Exception as exc:  # a run must never kill the scheduler
+            log.debug("run failed unexpectedly", exc_info=True)
+            outcome = Outcome(EXIT_FAILED, redact(f"error: {type(exc).__name__}: {exc}"))
+        finally:
+            self.in_flight = 0
+        if self.stopping:
+            outcome.summary += "\nthe runner was asked to shut down during this run"
+        finished = self._local(self._clock())
+        seconds = (finished - started).total_seconds()
+        status = "ok" if outcome.ok else "failed"
+        (log.info if outcome.ok else log.error)("run %s in %.1fs: %s", status, seconds,
+                                                 outcome.summary.splitlines()[0])
+        self.status.running_since = None
+        self.status.last_run = health.LastRun(_iso(started), _iso(finished), status, outcome.summary)
+        if outcome.ok:
+            self.status.last_success_at = _iso(finished)
+        self._save_status()
+        (self._pinger.success if outcome.ok else self._pinger.fail)(outcome.summary)
+        return outcome
+
+    def serve(self) -> int:
+        """Run now, then on every tick until asked to stop. CRON_ENABLED=false: run once, return its code."""
+        self._save_status()
+        outcome = self.run_once()
+        if self.schedule is None:
+            return outcome.code
+        nxt = self._next(self._clock())
+        while not self.stopping:
+            now = self._clock()
+            if now < nxt:
+                self._sleep(min((nxt - now).total_seconds(), MAX_NAP))
+                continue
+            self.run_once()
+            end = self._clock()
+            self._log_skipped(nxt, end)
+            if not self.stopping:
+                nxt = self._next(end)
+        log.info("runner stopped")
+        return EXIT_OK
+
+    def _next(self, now: datetime) -> datetime:
+        assert self.schedule is not None
+        nxt = self.schedule.next_after(now)
+        self.status.next_run_at = _iso(nxt)
+        self._save_status()
+        log.info("next run at %s (%s, CRON_SCHEDULE=%r)", _iso(nxt), self.schedule.timezone.key,
+                 self.schedule.expression)
+        return nxt
+
+    def _log_skipped(self, started_tick: datetime, end: datetime) -> None:
+        """Ticks that came while the run was going: runs never overlap, so these were skipped."""
+        assert self.schedule is not None
+        missed = list(takewhile(lambda t: t <= end, self.schedule.times_after(started_tick)))
+        if not missed:
+            return
+        shown = ", ".join(_iso(t) for t in missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
+        log.warning("skipped %d scheduled run(s) at %s: the run started at %s was still going", len(missed),
+                    shown, _iso(started_tick))
+
+    def _save_status(self) -> None:
+        if self._health_file is None:
+            return
+        try:
+            health.write(self._health_file, self.status)
+        except OSError as exc:
+            log.warning("cannot write the health status file %s: %s", self._health_file, exc)
+
+
+# --------------------------------------------------------------------------------------------------
+# Commands
+
+
+def _settings(env: Mapping[str, str]) -> tuple[bool, float, str | None]:
+    cron = parse_bool(env.get("CRON_ENABLED", "true"), "CRON_ENABLED")
+    grace = parse_int(env.get("SHUTDOWN_GRACE_SECONDS", "").strip() or str(DEFAULT_GRACE_SECONDS),
+                      "SHUTDOWN_GRACE_SECONDS", maximum=3600)
+    fmt = (env.get("LOG_FORMAT") or "").strip().lower() or None
+    if fmt is not None and fmt not in logs.FORMATS:
+        raise ConfigError(f"LOG_FORMAT: {fmt!r} is not a format. Fix: json or text (or leave it unset).")
+    return cron, grace, fmt
+
+
+def make_runner(config: Config, backup: BackupFn | None = None, **kwargs: Any) -> Runner:
+    """A runner configured from the environment the configuration was read from."""
+    env = config.env
+    cron, grace, _ = _settings(env)
+    sched = schedule.parse(env.get("CRON_SCHEDULE"), config.timezone) if cron else None
+    return Runner(
+        backup=backup or backup_with_pipeline,
+        schedule=sched,
+        timezone=config.timezone.key,
+        observer=kwargs.pop("observer", None) or progress.make_observer(),
+        pinger=health.Pinger(env.get("HEALTHCHECK_URL")),
+        health_file=env.get("HEALTH_FILE", "").strip() or health.DEFAULT_HEALTH_FILE,
+        grace=grace,
+        **kwargs,
+    )
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    _, _, fmt = _settings(config.env)
+    log_file = logs.log_file_path(config.env.get("LOG_FILE"))
+    if log_file is not None:
+        try:
+            logs.add_file(log_file, fmt)
+        except OSError as exc:
+            raise ConfigError(f"LOG_FILE: cannot write {str(log_file)!r} ({exc.strerror}). Fix: point it at a "
+                              "writable file, mount a volume there, or set LOG_FILE=off.") from None
+    runner = make_runner(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: runner.request_stop(f"received {signal.Signals(signum).name}"))
+    when = (f"then on CRON_SCHEDULE={runner.schedule.expression!r} in {runner.schedule.timezone.key}"
+            if runner.schedule else "once (CRON_ENABLED=false)")
+    log.info("pgbkp serve: backing up now, %s; log file: %s", when, log_file or "none")
+    return runner.serve()
+
+
+def cmd_health(config: Config, args: argparse.Namespace) -> int:
+    path = args.file or config.env.get("HEALTH_FILE", "").strip() or health.DEFAULT_HEALTH_FILE
+    try:
+        status = health.read(path)
+    except FileNotFoundError:
+        print(f"unhealthy: no status file {path}: pgbkp serve has not started (or HEALTH_FILE differs)")
+        return EXIT_FAILED
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"unhealthy: cannot read the status file {path}: {exc}")
+        return EXIT_FAILED
+    ok, why = health.evaluate(status, datetime.now(UTC))
+    print(f"{'healthy' if ok else 'unhealthy'}: {why}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def register(subparsers: Any) -> None:
+    s = subparsers.add_parser(
+        "serve", help="back up now, then on CRON_SCHEDULE (the docker-compose entry point)",
+        description="Back up every connection now, then on CRON_SCHEDULE in TIMEZONE (default '0 3 * * *'), "
+        "until SIGTERM/SIGINT. CRON_ENABLED=false backs up once and exits with its code. Logs also go to "
+        "LOG_FILE (default /var/log/pg-backup.log when writable); the status file HEALTH_FILE feeds "
+        "`pgbkp health`; HEALTHCHECK_URL receives start/success/fail pings.")
+    s.set_defaults(func=cmd_serve)
+    h = subparsers.add_parser(
+        "health", help="exit 0 if the runner is healthy, 1 if not (a Docker HEALTHCHECK)",
+        description="Read the status file pgbkp serve writes. Unhealthy (exit 1) when the last run failed or "
+        "no run succeeded within two schedule periods.")
+    h.add_argument("--file", metavar="PATH", help="status file (default: HEALTH_FILE or "
+                   f"{health.DEFAULT_HEALTH_FILE})")
+    h.set_defaults(func=cmd_health)
