@@ -235,3 +235,173 @@ def dump(target: PgTarget, database: str, *, bindir: Path | None = None) -> Iter
         yield stream
     finally:
         stream.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Restore side: feed psql, make and check target databases.
+
+
+def quote_ident(name: str) -> str:
+    """A SQL identifier for any database name (quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """A SQL string literal (standard_conforming_strings, on since 9.1)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def psql_version(bindir: Path | None = None) -> tuple[int, int]:
+    """(major, minor) of the psql in use; a development build such as ``18beta1`` gives (18, 0)."""
+    text = client_version("psql", bindir)
+    m = re.match(r"(\d+)(?:\.(\d+))?", text)
+    if not m:
+        raise PostgresError(f"psql --version: cannot read the version from {text!r}")
+    return int(m[1]), int(m[2] or 0)
+
+
+def database_exists(target: PgTarget, database: str, *, bindir: Path | None = None) -> bool:
+    """Ask the maintenance database ``postgres`` on the target's server (the target itself may not exist)."""
+    sql = f"SELECT 1 FROM pg_database WHERE datname = {quote_literal(database)}"  # noqa: S608 - quoted
+    rows = run_sql(target, sql,
+                   database="postgres", bindir=bindir, operation="look for the database on")
+    return bool(rows)
+
+
+def create_database(target: PgTarget, database: str, *, bindir: Path | None = None) -> None:
+    """CREATE DATABASE from template0, as pg_dump's output expects: template1 may hold local additions."""
+    run_sql(target, f"CREATE DATABASE {quote_ident(database)} TEMPLATE template0", database="postgres",
+            bindir=bindir, operation=f"create database {database!r} on")
+
+
+def drop_database(target: PgTarget, database: str, *, bindir: Path | None = None) -> None:
+    """DROP DATABASE IF EXISTS; WITH (FORCE) on 13+ so a session killed a moment ago cannot block it."""
+    version = run_sql(target, "SHOW server_version_num", database="postgres", bindir=bindir,
+                      operation=f"drop database {database!r} on")
+    force = " WITH (FORCE)" if int(version[0][0]) >= 130000 else ""
+    run_sql(target, f"DROP DATABASE IF EXISTS {quote_ident(database)}{force}", database="postgres",
+            bindir=bindir, operation=f"drop database {database!r} on")
+
+
+_USER_SCHEMAS = ("n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
+                 "AND n.nspname NOT LIKE 'pg\\_temp\\_%'")
+_CONTENTS_SQL = f"""SELECT
+ (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_USER_SCHEMAS}),
+ (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {_USER_SCHEMAS}),
+ (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+   WHERE {_USER_SCHEMAS} AND t.typrelid = 0 AND t.typelem = 0 AND t.typtype <> 'm'),
+ (SELECT count(*) FROM pg_namespace n WHERE {_USER_SCHEMAS} AND n.nspname <> 'public'),
+ (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql'),
+ (SELECT count(*) FROM pg_largeobject_metadata)"""  # noqa: S608 - built from constants only
+_CONTENT_KINDS = ("relations", "functions", "types", "schemas", "extensions", "large objects")
+
+
+def database_contents(target: PgTarget, database: str, *, bindir: Path | None = None) -> dict[str, int]:
+    """What a restore could collide with: user objects outside the system schemas (non-zero counts only)."""
+    rows = run_sql(target, _CONTENTS_SQL, database=database, bindir=bindir,
+                   operation=f"inspect database {database!r} on")
+    return {kind: int(n) for kind, n in zip(_CONTENT_KINDS, rows[0], strict=True) if int(n)}
+
+
+def database_is_empty(target: PgTarget, database: str, *, bindir: Path | None = None) -> bool:
+    return not database_contents(target, database, bindir=bindir)
+
+
+class RestoreSession:
+    """psql reading a dump from its stdin inside ONE transaction that commits only on :meth:`commit`.
+
+    ``-1 -f -`` makes psql send BEGIN first and COMMIT only after stdin ends, with ON_ERROR_STOP so the
+    first error stops it. Killing psql before stdin ends drops the connection, and the server rolls the
+    whole transaction back: the target is left exactly as it was.
+    """
+
+    def __init__(self, target: PgTarget, database: str, *, bindir: Path | None = None) -> None:
+        self.database = database
+        self._target = target
+        cmd = [tool("psql", bindir), "-X", "-q", "--no-password", "--single-transaction", "-v", "ON_ERROR_STOP=1",
+               "-f", "-", "-d", target.conninfo(database)]
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=_env(target), bufsize=0, start_new_session=True,
+        )
+        assert self._proc.stdin is not None and self._proc.stderr is not None
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
+        self._stdin = self._proc.stdin
+        self._stderr = _StderrTail(self._proc.stderr)
+        self._done = False
+        self.bytes_written = 0
+
+    def _failure(self, code: int) -> PostgresError:
+        err = self._stderr.text()
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        operation = f"restore into database {self.database!r} on"
+        if not err.strip():
+            return PostgresError(f"{operation} {self._target.display}: psql stopped ({how})")
+        kind = ConnectError if "connection to server" in err and self.bytes_written == 0 else PostgresError
+        return kind(f"{explain(err, self._target, operation)} ({how}); nothing was committed")
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send SQL; raises PostgresError with psql's message as soon as psql has stopped on an error."""
+        try:
+            self._stdin.write(data)
+        except (BrokenPipeError, ValueError):
+            self._done = True
+            raise self._failure(self._proc.wait()) from None
+        self.bytes_written += len(data)
+
+    def commit(self) -> None:
+        """End stdin (psql sends COMMIT) and wait; raises PostgresError unless psql exits 0."""
+        if self._done:
+            raise PostgresError(f"restore into database {self.database!r}: commit after the session ended")
+        self._done = True
+        with contextlib.suppress(BrokenPipeError):
+            self._stdin.close()
+        code = self._proc.wait()
+        if code != 0:
+            raise self._failure(code)
+
+    def abort(self) -> None:
+        """Kill psql without ending stdin: the server sees the connection drop and rolls back."""
+        self._done = True
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.wait()
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+
+    def __enter__(self) -> RestoreSession:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if not self._done:
+            self.abort()
+        if self._proc.stderr is not None:
+            self._proc.stderr.close()
+
+
+_STATS_SQL = f"""SELECT
+ (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relkind IN ('r', 'p') AND {_USER_SCHEMAS}),
+ (SELECT coalesce(sum((xpath('/row/n/text()', query_to_xml(
+     format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::bigint), 0)
+   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND {_USER_SCHEMAS}),
+ pg_database_size(current_database())"""  # noqa: S608 - built from constants only
+
+
+@dataclass(frozen=True)
+class DatabaseStats:
+    tables: int
+    rows: int
+    size: int
+
+
+def database_stats(target: PgTarget, database: str, *, bindir: Path | None = None) -> DatabaseStats:
+    """Tables (partitioned parents included), exact row count (partitions counted once) and size on disk.
+
+    Rows are counted with count(*) rather than read from statistics, which lag or are estimates."""
+    rows = run_sql(target, _STATS_SQL, database=database, bindir=bindir,
+                   operation=f"count the rows of database {database!r} on")
+    tables, total, size = (int(x) for x in rows[0])
+    return DatabaseStats(tables, total, size)

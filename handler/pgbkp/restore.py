@@ -1,0 +1,494 @@
+"""Find, restore and verify backups: object -> ZIP reader -> psql, committed only once proven intact.
+
+The object is read front to back from ONE streaming GET. Every byte is hashed on its way to the ZIP
+reader, which inflates (and decrypts) the single member and feeds it to a psql that runs the whole
+dump inside one transaction. Nothing is committed until the end: the ZIP reader has checked the CRC
+or the AES authentication code and the central directory, and the object's SHA-256 matches the
+``sha256`` written at backup time. Any failure kills psql, and the server rolls the transaction
+back. See docs/restore.md for why this design (one GET, bounded memory, no temporary file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pgbkp import keys, postgres
+from pgbkp.archive import ArchiveError, CorruptArchiveError, MemberReader, WrongPasswordError
+from pgbkp.config import Config, ConfigError, Connection, PgTarget, parse_url
+from pgbkp.redact import redact
+from pgbkp.storage import Download, Storage, StorageError
+from pgbkp.storage.s3 import S3Storage
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 1 << 20
+#: psql learnt ``\restrict`` in these minor releases (August 2025); every 18 has it.
+RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
+_RESTRICT_LINE = re.compile(rb"^\\restrict\s", re.MULTILINE)
+
+
+class RestoreError(Exception):
+    """A restore or verify failed; the message names the object and the target, and what to fix."""
+
+
+class NoBackupError(RestoreError):
+    """No backup matches the selection."""
+
+
+class TargetError(RestoreError):
+    """The target database is not safe to restore into (exists with --create, missing, not empty)."""
+
+
+class IntegrityError(RestoreError):
+    """The object is not what was stored: SHA-256, size, CRC or authentication code mismatch."""
+
+
+class PsqlTooOldError(RestoreError):
+    """The dump starts with ``\\restrict`` and the psql in use does not know that command."""
+
+
+@dataclass(frozen=True)
+class BackupRef:
+    """One stored backup. ``taken`` is the local time (TIMEZONE) written in its file name."""
+
+    connection: str
+    database: str
+    bucket: str
+    key: str
+    taken: datetime | None
+    size: int = 0
+    last_modified: datetime | None = None
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connection": self.connection,
+            "database": self.database,
+            "taken": self.taken.isoformat(timespec="minutes") if self.taken else None,
+            "size": self.size,
+            "bucket": self.bucket,
+            "key": self.key,
+            "url": self.url,
+            "last_modified": self.last_modified.isoformat() if self.last_modified else None,
+        }
+
+
+@dataclass
+class RestoreResult:
+    backup: BackupRef
+    target: str  # user@host:port/db, no password
+    object_bytes: int = 0
+    sql_bytes: int = 0
+    seconds: float = 0.0
+    checks: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        """Object bytes per second."""
+        return self.object_bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class VerifyResult:
+    connection: str
+    database: str
+    status: str = "failed"  # ok | failed
+    bucket: str = ""
+    key: str = ""
+    taken: str | None = None
+    scratch_database: str = ""
+    scratch_server: str = ""
+    tables: int = 0
+    rows: int = 0
+    restored_size: int = 0
+    object_bytes: int = 0
+    sql_bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding backups
+
+
+def _connection(config: Config, connection: Connection | str | int) -> Connection:
+    return connection if isinstance(connection, Connection) else config.connection(connection)
+
+
+def _buckets(conn: Connection) -> list[str]:
+    """The connection's bucket and every db_buckets bucket, each once, in a stable order."""
+    names = [conn.bucket, *conn.db_buckets.values()]
+    return list(dict.fromkeys(b for b in names if b))
+
+
+def _where(config: Config, conn: Connection, database: str) -> str:
+    """Where a database's backups are looked for, for messages."""
+    folder = keys.folder(config.global_prefix, conn.base_dir, database)
+    return " or ".join(f"s3://{b}/{folder}" for b in _buckets(conn))
+
+
+def _root(config: Config, conn: Connection) -> str:
+    """``{GLOBAL_PREFIX}/{base_dir}/``: the folder holding one folder per database."""
+    return keys.folder(config.global_prefix, conn.base_dir, "")
+
+
+def find_backups(config: Config, connection: Connection | str | int, database: str | None = None, *,
+                 storage: Storage | None = None) -> list[BackupRef]:
+    """Every backup of the connection (or of one database), newest first.
+
+    Only objects in a database's own folder whose file name parses for that database and the
+    connection's prefix count: a person's files, other prefixes' files and sub-folders are ignored.
+    """
+    conn = _connection(config, connection)
+    storage = storage or S3Storage(conn.s3)
+    root = _root(config, conn)
+    prefix = keys.folder(config.global_prefix, conn.base_dir, database) if database is not None else root
+    found: dict[tuple[str, str], BackupRef] = {}
+    for bucket in _buckets(conn):
+        for obj in storage.list(bucket, prefix):
+            segment, sep, name = obj.key[len(root):].partition("/")
+            if not sep or "/" in name:
+                continue
+            db = keys.decode_name(segment)
+            if keys.encode_name(db) != segment or (database is not None and db != database):
+                continue
+            taken = keys.parse_filename(name, db, conn.prefix)
+            if taken is not None:
+                found[(bucket, obj.key)] = BackupRef(conn.name, db, bucket, obj.key, taken, obj.size,
+                                                     obj.last_modified)
+    return sorted(found.values(), key=lambda b: (b.taken or datetime.min, b.key), reverse=True)
+
+
+def parse_at(text: str, config: Config) -> datetime:
+    """``YYYY-MM-DD HH:MM`` (any ISO form) as a naive local time in TIMEZONE, like the file names."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(f"--at {text!r}: not a date and time. Fix: use \"YYYY-MM-DD HH:MM\".") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(config.timezone).replace(tzinfo=None)
+    return when
+
+
+def parse_key(text: str, conn: Connection, database: str | None) -> tuple[str, str]:
+    """``--key``: ``s3://bucket/key``, or a key in the database's (else the connection's) bucket."""
+    if text.startswith("s3://"):
+        bucket, _, key = text[5:].partition("/")
+        if not bucket or not key:
+            raise ConfigError(f"--key {text!r}: not s3://bucket/key")
+        return bucket, key
+    bucket = conn.bucket_for(database) if database else conn.bucket
+    if not bucket:
+        raise ConfigError(f"--key {text!r}: no bucket known for it. Fix: give s3://bucket/key, or --database.")
+    return bucket, text.lstrip("/")
+
+
+def select_backup(config: Config, connection: Connection | str | int, database: str | None = None, *,
+                  at: datetime | None = None, key: str | None = None,
+                  storage: Storage | None = None) -> BackupRef:
+    """The newest backup (at or before ``at`` if given), or exactly ``key``."""
+    conn = _connection(config, connection)
+    storage = storage or S3Storage(conn.s3)
+    if key is not None:
+        bucket, object_key = parse_key(key, conn, database)
+        info = storage.head(bucket, object_key)
+        folder, _, name = object_key.rpartition("/")
+        db = database or keys.decode_name(folder.rsplit("/", 1)[-1])
+        return BackupRef(conn.name, db, bucket, object_key, keys.parse_filename(name, db, conn.prefix),
+                         info.size, info.last_modified)
+    if not database:
+        raise ConfigError("restore: which database? Fix: add --database DB (or --key).")
+    backups = find_backups(config, conn, database, storage=storage)
+    if not backups:
+        raise NoBackupError(f"find backups of {database!r} ({conn.name}): none in {_where(config, conn, database)}")
+    if at is None:
+        return backups[0]
+    for b in backups:
+        if b.taken is not None and b.taken <= at:
+            return b
+    oldest = backups[-1].taken
+    raise NoBackupError(f"find backups of {database!r} ({conn.name}): none at or before {at:%Y-%m-%d %H:%M} "
+                        f"(the oldest is from {oldest:%Y-%m-%d %H:%M})")
+
+
+# --------------------------------------------------------------------------------------------------
+# Restoring
+
+
+def restrict_supported(version: tuple[int, int]) -> bool:
+    """Whether psql ``major.minor`` understands the ``\\restrict`` line of newer dumps."""
+    major, minor = version
+    return major >= 18 or (major in RESTRICT_SINCE and minor >= RESTRICT_SINCE[major])
+
+
+class _HashingReader:
+    """Pass reads through, hashing and counting every byte of the object as it flows."""
+
+    def __init__(self, source: Download, on_progress: Callable[[int], None] | None) -> None:
+        self._source = source
+        self._on_progress = on_progress
+        self.sha256 = hashlib.sha256()
+        self.bytes_read = 0
+        self.encrypted = False  # bit 0 of the local header's flags (offset 6), seen on the first read
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        if data:
+            if self.bytes_read == 0 and len(data) > 6:
+                self.encrypted = bool(data[6] & 1)
+            self.sha256.update(data)
+            self.bytes_read += len(data)
+            if self._on_progress is not None:
+                self._on_progress(len(data))
+        return data
+
+    def drain(self) -> None:
+        while self.read(READ_CHUNK):
+            pass
+
+
+def parse_target(url: str) -> PgTarget:
+    """The --target-url; it must name its database, so nobody restores into ``postgres`` by accident."""
+    target = parse_url(url, "--target-url")
+    try:
+        path = urllib.parse.urlsplit(url).path.strip("/")
+    except ValueError:
+        path = ""
+    if not path:
+        raise ConfigError("--target-url: it names no database. Fix: postgres://user:pass@host:5432/TARGET_DB")
+    return target
+
+
+def check_target(target: PgTarget, *, create: bool, force: bool, bindir: Path | None = None) -> None:
+    """Refuse unsafe targets before anything is read or written (see TargetError)."""
+    db = target.database
+    where = f"{target.user}@{target.host}:{target.port}"
+    if create:
+        if postgres.database_exists(target, db, bindir=bindir):
+            raise TargetError(f"restore: database {db!r} already exists on {where}, and --create makes a new "
+                              "one. Fix: drop --create to restore into it (it must be empty), or pick another name.")
+        return
+    try:
+        contents = postgres.database_contents(target, db, bindir=bindir)
+    except postgres.PostgresError as exc:
+        if re.search(r'database ".*" does not exist', str(exc)):
+            raise TargetError(f"restore: database {db!r} does not exist on {where}. Fix: add --create to "
+                              "create it.") from None
+        raise
+    if contents and not force:
+        found = ", ".join(f"{n} {kind}" for kind, n in contents.items())
+        raise TargetError(f"restore: database {db!r} on {where} is not empty ({found}). Fix: restore into an "
+                          "empty database, use --create with a new name, or add --force to restore anyway.")
+    if contents:
+        log.warning("restoring into non-empty database %r on %s (--force)", db, where)
+
+
+def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, create: bool = False,
+                   force: bool = False, storage: Storage | None = None, connection: Connection | None = None,
+                   on_progress: Callable[[int], None] | None = None,
+                   on_start: Callable[[int], None] | None = None) -> RestoreResult:
+    """Stream one backup into ``target.database`` in one transaction; commit only if it is intact.
+
+    ``on_start(object_size)`` is called once the object is open; ``on_progress(n)`` for each read.
+    """
+    bindir = config.pg_bindir
+    db = target.database
+    if storage is None:
+        conn = connection or config.connection(backup.connection)
+        storage = S3Storage(conn.s3)
+    shown = f"{target.user}@{target.host}:{target.port}/{db}"
+    result = RestoreResult(backup, shown)
+    psql = postgres.psql_version(bindir)
+    check_target(target, create=create, force=force, bindir=bindir)
+    password = config.zip_password.reveal().encode() if config.zip_password else None
+    started = time.monotonic()
+    download = storage.download(backup.bucket, backup.key)
+    if on_start is not None:
+        on_start(download.info.size)
+    session: postgres.RestoreSession | None = None
+    created = False
+    try:
+        hashing = _HashingReader(download, on_progress)
+        reader = MemberReader(hashing, password, chunk_size=READ_CHUNK)
+        chunks = iter(reader)
+        first = next(chunks, b"")
+        if _RESTRICT_LINE.search(first[:65536]) and not restrict_supported(psql):
+            made_by = download.info.metadata.get("pg-dump-version") or "a recent pg_dump"
+            raise PsqlTooOldError(
+                f"restore {backup.url}: the dump starts with \\restrict (written by pg_dump {made_by}), which "
+                f"psql {psql[0]}.{psql[1]} ({postgres.tool('psql', bindir)}) does not understand. Nothing was "
+                "sent. Fix: set PG_BIN_DIR to the bin folder of a newer PostgreSQL client "
+                "(18, or 17.6+, 16.10+, 15.14+, 14.19+, 13.22+).")
+        if create:
+            postgres.create_database(target, db, bindir=bindir)
+            created = True
+        session = postgres.RestoreSession(target, db, bindir=bindir)
+        session.write(first)
+        for chunk in chunks:
+            session.write(chunk)
+        hashing.drain()
+        result.checks.append("AES authentication code" if hashing.encrypted else "ZIP CRC-32")
+        _check_object(backup, download, hashing, result)
+        session.commit()
+        result.sql_bytes = session.bytes_written
+    except BaseException as exc:
+        if session is not None:
+            session.abort()
+        if created:
+            try:
+                postgres.drop_database(target, db, bindir=bindir)
+            except postgres.PostgresError as drop_exc:
+                log.error("could not drop database %r created for the failed restore: %s", db, drop_exc)
+        explained = _explain(exc, backup, shown) if isinstance(exc, Exception) else exc
+        if explained is exc:
+            raise
+        raise explained from exc
+    finally:
+        download.close()
+    result.object_bytes = hashing.bytes_read
+    result.seconds = round(time.monotonic() - started, 3)
+    log.info("restored %s into %s: %d bytes read, %d bytes of SQL, %.1fs", backup.url, shown,
+             result.object_bytes, result.sql_bytes, result.seconds)
+    return result
+
+
+def _check_object(backup: BackupRef, download: Download, hashing: _HashingReader, result: RestoreResult) -> None:
+    info = download.info
+    if hashing.bytes_read != info.size:
+        raise IntegrityError(f"restore {backup.url}: read {hashing.bytes_read} bytes, the object has {info.size}")
+    expected = info.metadata.get("sha256")
+    if expected is None:
+        log.warning("%s has no sha256 metadata (not written by pgbkp?): relying on the ZIP checks", backup.url)
+        return
+    actual = hashing.sha256.hexdigest()
+    if actual != expected.lower():
+        raise IntegrityError(f"restore {backup.url}: SHA-256 mismatch: the object hashes to {actual}, its "
+                             f"metadata says {expected}: it changed after the backup")
+    result.checks.append("object SHA-256")
+
+
+def _explain(exc: Exception, backup: BackupRef, target: str) -> Exception:
+    """One line per failure that says what happened, that the target is untouched, and the fix."""
+    untouched = f"nothing was committed to {target}"
+    if isinstance(exc, WrongPasswordError):
+        return RestoreError(f"restore {backup.url}: {exc}; {untouched}. Fix: set ZIP_PASSWORD to the password "
+                            "the backup was made with.")
+    if isinstance(exc, CorruptArchiveError):
+        return IntegrityError(f"restore {backup.url}: the archive is corrupt ({exc}); {untouched}.")
+    if isinstance(exc, ArchiveError):
+        return RestoreError(f"restore {backup.url}: {exc}; {untouched}.")
+    if isinstance(exc, RestoreError | StorageError | postgres.PostgresError):
+        text = str(exc)
+        if "nothing was committed" in text or "Nothing was sent" in text:
+            return exc
+        return type(exc)(f"{text}; {untouched}.")
+    return exc
+
+
+def restore(config: Config, connection: Connection | str | int, backup: BackupRef, target_url: str, *,
+            create: bool = False, force: bool = False, storage: Storage | None = None,
+            on_progress: Callable[[int], None] | None = None,
+            on_start: Callable[[int], None] | None = None) -> RestoreResult:
+    """Restore ``backup`` into the database named by ``target_url`` (see :func:`restore_backup`)."""
+    conn = _connection(config, connection)
+    return restore_backup(config, backup, parse_target(target_url), create=create, force=force,
+                          storage=storage, connection=conn, on_progress=on_progress, on_start=on_start)
+
+
+# --------------------------------------------------------------------------------------------------
+# Verifying
+
+
+def scratch_name(database: str) -> str:
+    """``pgbkp_verify_<db>_<random>``: unique, plain ASCII, well under PostgreSQL's 63-byte limit."""
+    plain = re.sub(r"[^a-z0-9_]+", "_", database.lower()).strip("_")[:32] or "db"
+    return f"pgbkp_verify_{plain}_{secrets.token_hex(4)}"
+
+
+def verify(config: Config, connection: Connection | str | int, databases: Sequence[str] | None = None,
+           scratch_url: str | None = None, *, storage: Storage | None = None,
+           on_progress: Callable[[VerifyResult, int], None] | None = None,
+           on_start: Callable[[VerifyResult, int], None] | None = None) -> list[VerifyResult]:
+    """Restore the latest backup of each database into a fresh scratch database, count, and drop it.
+
+    Scratch databases live on ``scratch_url``'s server (default: the connection's own server); only
+    databases this call created are dropped. Results are JSON-serialisable through ``as_dict()``.
+    """
+    conn = _connection(config, connection)
+    storage = storage or S3Storage(conn.s3)
+    server = parse_url(scratch_url, "--scratch-url") if scratch_url else conn.pg
+    results: list[VerifyResult] = []
+    try:
+        latest: dict[str, BackupRef] = {}
+        for ref in find_backups(config, conn, databases[0] if databases and len(databases) == 1 else None,
+                                storage=storage):
+            latest.setdefault(ref.database, ref)
+    except StorageError as exc:
+        msg = redact(str(exc))
+        return [VerifyResult(conn.name, d, error=msg) for d in (databases or ["*"])]
+    for db in databases or sorted(latest):
+        ref = latest.get(db)
+        result = VerifyResult(conn.name, db)
+        results.append(result)
+        if ref is None:
+            result.error = f"verify {db!r} ({conn.name}): no backup found in {_where(config, conn, db)}"
+            log.error("%s", result.error)
+            continue
+        _verify_one(config, conn, ref, server, storage, result, on_progress, on_start)
+    return results
+
+
+def _verify_one(config: Config, conn: Connection, ref: BackupRef, server: PgTarget, storage: Storage,
+                result: VerifyResult, on_progress: Callable[[VerifyResult, int], None] | None,
+                on_start: Callable[[VerifyResult, int], None] | None) -> None:
+    started = time.monotonic()
+    scratch = replace(server, database=scratch_name(ref.database))
+    result.bucket, result.key = ref.bucket, ref.key
+    result.taken = ref.taken.isoformat(timespec="minutes") if ref.taken else None
+    result.scratch_database = scratch.database
+    result.scratch_server = f"{scratch.user}@{scratch.host}:{scratch.port}"
+    try:
+        restored = restore_backup(
+            config, ref, scratch, create=True, storage=storage, connection=conn,
+            on_progress=(lambda n: on_progress(result, n)) if on_progress else None,
+            on_start=(lambda n: on_start(result, n)) if on_start else None)
+        result.object_bytes, result.sql_bytes = restored.object_bytes, restored.sql_bytes
+        stats = postgres.database_stats(scratch, scratch.database, bindir=config.pg_bindir)
+        result.tables, result.rows, result.restored_size = stats.tables, stats.rows, stats.size
+        result.status = "ok"
+    except Exception as exc:
+        result.error = redact(str(exc) if isinstance(exc, RestoreError | StorageError | postgres.PostgresError)
+                              else f"verify {ref.url}: {type(exc).__name__}: {exc}")
+    finally:
+        try:
+            postgres.drop_database(scratch, scratch.database, bindir=config.pg_bindir)
+        except postgres.PostgresError as exc:
+            result.status = "failed"
+            note = f"could not drop scratch database {scratch.database!r}: {redact(str(exc))}"
+            result.error = f"{result.error}; {note}" if result.error else note
+    result.seconds = round(time.monotonic() - started, 3)
+    if result.ok:
+        log.info("verified %s: %d tables, %d rows, %d bytes restored, %.1fs", ref.url, result.tables,
+                 result.rows, result.restored_size, result.seconds)
+    else:
+        log.error("verify failed: %s", result.error)

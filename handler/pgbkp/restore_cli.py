@@ -1,0 +1,201 @@
+"""``pgbkp list``, ``pgbkp restore`` and ``pgbkp verify``: the command-line face of :mod:`pgbkp.restore`.
+
+Every known failure is one line on stderr and exit 1; usage mistakes exit 2 (ConfigError, which
+cli.main turns into exit 2, or a message printed here). Progress bars only on a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pgbkp import postgres, restore
+from pgbkp.archive import ArchiveError
+from pgbkp.cli import human, table
+from pgbkp.config import Config, ConfigError, Connection
+from pgbkp.redact import redact
+from pgbkp.storage import StorageError
+
+EXIT_OK, EXIT_FAILED = 0, 1
+KNOWN_ERRORS = (restore.RestoreError, StorageError, postgres.PostgresError, ArchiveError)
+
+
+def _fail(exc: BaseException) -> int:
+    print(f"pgbkp: error: {redact(str(exc))}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _connections(config: Config, names: list[str] | None) -> list[Connection]:
+    return [config.connection(n) for n in names] if names else list(config.connections)
+
+
+class _Bar:
+    """A tqdm byte bar on a terminal; nothing otherwise (logs and the summary say enough)."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._bar: Any = None
+
+    def start(self, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=self._label,
+                         file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+# --------------------------------------------------------------------------------------------------
+# list
+
+
+def cmd_list(config: Config, args: argparse.Namespace) -> int:
+    found: list[restore.BackupRef] = []
+    try:
+        for conn in _connections(config, args.connection):
+            found += restore.find_backups(config, conn, args.database)
+    except KNOWN_ERRORS as exc:
+        return _fail(exc)
+    if args.json:
+        print(json.dumps([b.as_dict() for b in found], indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not found:
+        print("no backups found", file=sys.stderr)
+        return EXIT_OK
+    rows = [[b.connection, b.database, f"{b.taken:%Y-%m-%d %H:%M}" if b.taken else "?", human(b.size), b.url]
+            for b in found]
+    print(table(rows, ["connection", "database", f"taken ({config.timezone.key})", "size", "object"]))
+    print(f"{len(found)} backup(s), {human(sum(b.size for b in found))}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# restore
+
+
+def _one_connection(config: Config, name: str | None) -> Connection:
+    if name is not None:
+        return config.connection(name)
+    if len(config.connections) == 1:
+        return config.connections[0]
+    names = ", ".join(repr(c.name) for c in config.connections)
+    raise ConfigError(f"restore: which connection? PG_URLS defines {names}. Fix: add --connection NAME.")
+
+
+def cmd_restore(config: Config, args: argparse.Namespace) -> int:
+    conn = _one_connection(config, args.connection)
+    at = restore.parse_at(args.at, config) if args.at else None
+    target = restore.parse_target(args.target_url)
+    bar = _Bar(f"restore {target.database}")
+    try:
+        backup = restore.select_backup(config, conn, args.database, at=at, key=args.key)
+        taken = f" taken {backup.taken:%Y-%m-%d %H:%M}" if backup.taken else ""
+        print(f"restoring {backup.url}{taken} into {target.display}", file=sys.stderr)
+        try:
+            result = restore.restore_backup(config, backup, target, create=args.create, force=args.force,
+                                            connection=conn, on_start=bar.start, on_progress=bar.update)
+        finally:
+            bar.close()
+    except KNOWN_ERRORS as exc:
+        return _fail(exc)
+    rate = human(result.rate) + "/s"
+    print(f"restored {backup.url} into {result.target}: {human(result.object_bytes)} read, "
+          f"{human(result.sql_bytes)} of SQL, {result.seconds:.1f}s ({rate}); "
+          f"checked: {', '.join(result.checks)}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# verify
+
+
+def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    results: list[restore.VerifyResult] = []
+    bars: dict[str, _Bar] = {}
+
+    def bar(result: restore.VerifyResult) -> _Bar:
+        return bars.setdefault(result.database, _Bar(f"verify {result.database}"))
+
+    try:
+        for conn in _connections(config, args.connection):
+            results += restore.verify(config, conn, args.database, args.scratch_url,
+                                      on_start=lambda r, n: bar(r).start(n),
+                                      on_progress=lambda r, n: bar(r).update(n))
+    finally:
+        for b in bars.values():  # a failed database may leave its bar open
+            b.close()
+    if args.json:
+        print(json.dumps({"ok": all(r.ok for r in results), "results": [r.as_dict() for r in results]},
+                         indent=2, ensure_ascii=False))
+    else:
+        rows = [[f"{r.connection}/{r.database}", r.taken or "-", str(r.tables), str(r.rows),
+                 human(r.restored_size), f"{r.seconds:.1f}", r.status] for r in results]
+        if rows:
+            print(table(rows, ["database", "backup taken", "tables", "rows", "restored size", "seconds",
+                                "status"]))
+        for r in results:
+            if r.error:
+                print(f"error: {r.connection}/{r.database}: {r.error}", file=sys.stderr)
+    if not results:
+        print("pgbkp: error: verify found no backups to check", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    """Add list, restore and verify to the ``pgbkp`` parser (called by cli.main)."""
+    add: Callable[..., argparse.ArgumentParser] = subparsers.add_parser
+
+    p = add("list", help="list the stored backups, newest first",
+            description="List every backup of each connection and database: the time in its file name "
+            "(TIMEZONE), size, bucket and key. Newest first.")
+    p.add_argument("--connection", "-c", action="append", metavar="NAME",
+                   help="only this connection (prefix or host, or 0-based index); repeatable")
+    p.add_argument("--database", "-d", metavar="DB", help="only this database")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_list)
+
+    r = add("restore", help="restore a backup into an empty (or new) database",
+            description="Stream a backup from S3 into psql in ONE transaction, committed only after the "
+            "object's SHA-256 and the ZIP's CRC (or AES authentication code) check out. On any failure the "
+            "target is left untouched.")
+    r.add_argument("--connection", "-c", metavar="NAME", help="the connection whose backups to use "
+                   "(needed when PG_URLS has several)")
+    r.add_argument("--database", "-d", metavar="DB", help="the backed-up database (not needed with --key)")
+    pick = r.add_mutually_exclusive_group()
+    pick.add_argument("--latest", action="store_true", help="the newest backup (the default)")
+    pick.add_argument("--at", metavar='"YYYY-MM-DD HH:MM"', help="the newest backup at or before this "
+                      "time (TIMEZONE)")
+    pick.add_argument("--key", metavar="KEY", help="exactly this object: a key, or s3://bucket/key")
+    r.add_argument("--target-url", required=True, metavar="postgres://...",
+                   help="where to restore; its database is the target and nothing else is touched")
+    r.add_argument("--create", action="store_true", help="create the target database (it must not exist)")
+    r.add_argument("--force", action="store_true", help="restore even if the target database is not empty")
+    r.set_defaults(func=cmd_restore)
+
+    v = add("verify", help="prove the latest backups restore: into a scratch database, then drop it",
+            description="For each database, restore its latest backup into a new scratch database "
+            "(pgbkp_verify_<db>_<random>), report tables, rows and size, and drop it, even on failure. "
+            "Exit 0 only if every backup verified.")
+    v.add_argument("--connection", "-c", action="append", metavar="NAME",
+                   help="only this connection; repeatable (default: all)")
+    v.add_argument("--database", "-d", action="append", metavar="DB", help="only this database; repeatable")
+    v.add_argument("--scratch-url", metavar="postgres://...", help="server for the scratch databases "
+                   "(default: the connection's own server); its database part is not used")
+    v.add_argument("--json", action="store_true", help="print the results as JSON")
+    v.set_defaults(func=cmd_verify)
