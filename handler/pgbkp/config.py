@@ -279,10 +279,11 @@ def split_items(raw: str) -> list[str]:
     if pending:
         if items:
             # Never echo this text: with a raw comma in a password it is the password's second half.
+            n = len(items)
             raise ConfigError(
-                f"PG_URLS item {len(items)}{_name_hint(items[-1])}: field 'url': there is text after "
-                "the last URL that is not a connection, usually a raw comma inside a password or database "
-                "name. Fix: percent-encode commas inside URLs as %2C, or remove the trailing text."
+                f"PG_URLS item {n + 1}: field 'url': no postgres:// URL after item {n}'s. Either this item "
+                f"lacks its URL, or item {n}'s password or database name contains a raw comma. Fix: end every "
+                "item with its postgres:// URL, and percent-encode commas inside URLs as %2C."
             )
         items.append(",".join(pending))
     return items
@@ -463,8 +464,6 @@ def parse_url(url: str, where: str) -> PgTarget:
     if _CONTROL.search(host) or " " in host:
         raise ConfigError(f"{bad}: the host contains spaces or control characters. Fix: write a host name or "
                           "address.")
-    if not u.user:
-        raise ConfigError(f"{bad}: no user (host {host}). Fix: postgres://USER:pass@{host}:5432/db.")
     if u.port == "":
         port = 5432
     elif u.port.isascii() and u.port.isdigit() and 1 <= int(u.port) <= 65535:
@@ -473,6 +472,8 @@ def parse_url(url: str, where: str) -> PgTarget:
         # Never echo the port text: in postgres://user:secret/db (no @host) it is the password.
         raise ConfigError(f"{bad}: the port (host {host}) is not a number from 1 to 65535. "
                           f"Fix: write postgres://user:pass@{host}:5432/db (is the @host part missing?).")
+    if not u.user:
+        raise ConfigError(f"{bad}: no user (host {host}). Fix: postgres://USER:pass@{host}:5432/db.")
     if u.fragment is not None:
         raise ConfigError(f"{bad}: a '#' after the host (host {host}). Fix: percent-encode '#' as %23.")
     seen: dict[str, str] = {}
