@@ -31,7 +31,6 @@ multipart upload is left behind) and that database is reported as failed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -141,6 +140,8 @@ class Edge:
     report: Callable[[DatabaseResult], None] = field(default=lambda result: None)
     #: Context manager that adds ``{"connection": name}`` to every log line inside it.
     scope: Callable[[Mapping[str, str]], AbstractContextManager[Any]] = field(default=lambda keys: nullcontext())
+    #: The caller's own stop request (the runner's shutdown): no new database starts, a dump in flight aborts.
+    should_stop: Callable[[], bool] = field(default=lambda: False)
 
 
 @dataclass(frozen=True)
@@ -232,18 +233,13 @@ class _Observers:
 
 
 def summarize(result: DatabaseResult) -> dict[str, Any]:
-    """One database's line in the JSON result: where it went, how big, how long, and what retention did."""
+    """One database's line in the JSON result: ``DatabaseResult.as_dict()`` (connection, database, bucket, key,
+    status, raw_bytes, object_bytes, seconds, error), ``bytes`` (the stored object's size) and what
+    retention did (deleted keys with their reasons, and how many backups it kept)."""
     deleted = [{"key": a.key, "reasons": a.reasons, "done": a.done} for a in result.retention if a.action == "delete"]
     return {
-        "connection": result.connection,
-        "database": result.database,
-        "bucket": result.bucket,
-        "key": result.key,
-        "status": result.status,
+        **result.as_dict(),
         "bytes": result.object_bytes,
-        "raw_bytes": result.raw_bytes,
-        "seconds": result.seconds,
-        "error": result.error,
         "retention": {"deleted": deleted, "kept": sum(a.action == "keep" for a in result.retention)},
     }
 
@@ -306,7 +302,7 @@ def _backup_connection(config: Config, conn: Connection, databases: Sequence[str
     run = edge.wrap(pipeline.run)(
         config, the_plan,
         observer=_Observers(budget, edge.observers),
-        should_stop=budget.should_stop if budget else lambda: False,
+        should_stop=lambda: edge.should_stop() or (budget is not None and budget.should_stop()),
         before_job=budget.before_job if budget else lambda job, rest: True,
     )
     results = list(run.results)
@@ -334,7 +330,9 @@ def _hand_off(conn: Connection, deferred: list[Job], edge: Edge, results: list[D
     """Give the databases not started to a fresh invocation; without Lambda they count as failed."""
     payload = {"connection": conn.name, "databases": [j.database for j in deferred]}
     error = "not started: out of time, and no Lambda function to hand it to"
-    if edge.invoker is not None:
+    if edge.should_stop():
+        error = "not started: the run was asked to stop"
+    elif edge.invoker is not None:
         try:
             edge.invoker(payload)
             log.info("handed %d database(s) to a new invocation: %s", len(deferred),
@@ -367,24 +365,19 @@ def _dispatch(config: Config, invoker: Invoker) -> dict[str, Any]:
 
 
 def _verify(config: Config, conn: Connection, databases: Sequence[str] | None, edge: Edge) -> dict[str, Any]:
-    from pgbkp import restore  # lazily: the restore engine is not needed for backups
+    """Restore-test the newest backup of each database (into a scratch database that is dropped after)."""
+    from pgbkp import restore  # lazily: backups do not need the restore engine
 
     with edge.scope({"connection": conn.name}):
-        outcome = edge.wrap(restore.verify)(config, conn.name, databases=list(databases) if databases else None,
+        results = edge.wrap(restore.verify)(config, conn, databases=list(databases) if databases else None,
                                             scratch_url=None)
-    doc = _jsonable(outcome)
-    ok = bool(getattr(outcome, "ok", doc.get("ok", True) if isinstance(doc, dict) else True))
-    summary = {"ok": ok, "action": "verify", "connections": [conn.name], "result": doc}
-    if not ok:
-        raise BackupFailedError(f"verify {conn.name}: restore test failed: {redact(str(doc))[:2000]}", summary)
+    rows = [r.as_dict() for r in results]
+    summary = {"ok": bool(rows) and all(r.ok for r in results), "action": "verify", "connections": [conn.name],
+               "results": rows}
+    if not rows:
+        raise BackupFailedError(f"verify {conn.name}: no backups found to verify", summary)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        lines = "; ".join(f"{r.connection}/{r.database}: {r.error}" for r in failed)
+        raise BackupFailedError(f"{len(failed)} of {len(rows)} restore tests failed: {lines}", summary)
     return summary
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return value

@@ -154,16 +154,18 @@ def edge(env: Mapping[str, str], context: Any) -> handler_core.Edge:
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     _route_package_logs()
-    env = settings_secrets.resolve(os.environ)
+    summary: Mapping[str, Any] = {}
     try:
+        env = settings_secrets.resolve(os.environ)
         summary = handler_core.handle(event, context, env=env, edge=edge(env, context))
     except handler_core.BackupFailedError as exc:
-        _count_invocation(exc.summary)
-        logger.error("backup failed", extra={"summary": exc.summary})
+        summary = exc.summary
+        logger.error("failed", extra={"summary": summary})
         raise
-    _count_invocation(summary)
+    finally:
+        _count_invocation(summary)
     logger.info("done", extra={"summary": summary})
-    return summary
+    return dict(summary)
 
 
 def _count_invocation(summary: Mapping[str, Any]) -> None:
