@@ -124,7 +124,11 @@ class S3Upload:
         self._buf = bytearray()
         self._sha = hashlib.sha256()
         self._upload_id: str | None = None
-        self._parts: dict[int, str] = {}
+        self._parts: dict[int, dict[str, Any]] = {}  # PartNumber -> the part entry CompleteMultipartUpload needs
+        # With flexible checksums on (AWS), botocore adds a CRC32 to every UploadPart; AWS expects the
+        # upload to declare that algorithm when created and the complete request to list each part's CRC.
+        checksums = self._client.meta.config.request_checksum_calculation == "when_supported"
+        self._algorithm: dict[str, str] = {"ChecksumAlgorithm": "CRC32"} if checksums else {}
         self._futures: list[Future[None]] = []
         self._slots = threading.Semaphore(storage.settings.concurrency)
         self._pool: ThreadPoolExecutor | None = None
@@ -165,7 +169,8 @@ class S3Upload:
         if self._upload_id is None:
             try:
                 resp = self._client.create_multipart_upload(
-                    Bucket=self.bucket, Key=self.key, Metadata=self._metadata, ContentType="application/zip")
+                    Bucket=self.bucket, Key=self.key, Metadata=self._metadata, ContentType="application/zip",
+                    **self._algorithm)
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
                 raise _error("upload", self.bucket, self.key, exc) from exc
             self._upload_id = resp["UploadId"]
@@ -193,11 +198,15 @@ class S3Upload:
             return  # pointless now; commit() notices the missing part, abort() drops the upload
         try:
             resp = self._client.upload_part(
-                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=data)
+                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=data,
+                **self._algorithm)
         except Exception as exc:
             self._failure = self._failure or exc
             raise
-        self._parts[number] = resp["ETag"]
+        entry = {"PartNumber": number, "ETag": resp["ETag"]}
+        if self._algorithm and resp.get("ChecksumCRC32"):
+            entry["ChecksumCRC32"] = resp["ChecksumCRC32"]
+        self._parts[number] = entry
         if self._on_progress is not None:
             self._on_progress(len(data))
 
@@ -224,7 +233,7 @@ class S3Upload:
                 if len(self._parts) != len(self._futures):
                     raise StorageError(f"upload {self.url}: {len(self._futures) - len(self._parts)} parts "
                                        "were not uploaded")
-                parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
+                parts = [self._parts[n] for n in sorted(self._parts)]
                 self._before_landing()
                 self._client.complete_multipart_upload(
                     Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": parts})
