@@ -90,7 +90,7 @@ def test_pings_start_then_success_with_the_summary_of_a_real_backup(
         others = ",".join(d for d in pg.databases() if d != db)
         for k, v in {**s3.env(), "PG_URLS": f"main|bucket={bucket}|ignore={others}|{pg.url()}"}.items():
             monkeypatch.setenv(k, v)
-        once(runner.backup_with_pipeline, health.Pinger(hc.url), tmp_path)
+        once(runner.backup_with_handler, health.Pinger(hc.url), tmp_path)
     finally:
         pg.drop_database(db)
     base = path_of(hc.url)

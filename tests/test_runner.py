@@ -103,7 +103,7 @@ def test_serve_runs_at_start_then_on_every_tick_and_skips_overlaps(
     clock = FakeClock(datetime(2025, 5, 14, 10, 0, 30, tzinfo=SP))
     calls: list[datetime] = []
     holder: dict[str, runner.Runner] = {}
-    backup = timed(runner.backup_with_pipeline, clock, [10, 10, 150, 5], calls,
+    backup = timed(runner.backup_with_handler, clock, [10, 10, 150, 5], calls,
                    lambda: holder["r"].request_stop("test over"))
     status_file = tmp_path / "health.json"
     r = runner.Runner(backup=backup, schedule=schedule.parse("* * * * *", SP), clock=clock, sleep=clock.sleep,

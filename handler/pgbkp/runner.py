@@ -23,8 +23,8 @@ from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
-from pgbkp import health, logs, pipeline, progress, schedule
-from pgbkp.config import Config, ConfigError, load, parse_bool, parse_int
+from pgbkp import handler_core, health, logs, pipeline, progress, schedule
+from pgbkp.config import Config, ConfigError, parse_bool, parse_int
 from pgbkp.pipeline import DatabaseResult, Job, Observer
 from pgbkp.redact import redact
 
@@ -53,7 +53,7 @@ class Outcome:
 BackupFn = Callable[[Callable[[], bool], Observer], Outcome]
 
 
-def summarize(results: Sequence[Mapping[str, Any]], not_started: Sequence[str] = ()) -> str:
+def summarize(results: Sequence[Mapping[str, Any]]) -> str:
     """One line per database, failures with their error: what a ping body or a log reader needs."""
     lines = []
     for r in results:
@@ -62,20 +62,22 @@ def summarize(results: Sequence[Mapping[str, Any]], not_started: Sequence[str] =
                 f"{progress.size(r.get('raw_bytes') or 0)} dumped, {progress.size(r.get('object_bytes') or 0)} "
                 f"stored, {float(r.get('seconds') or 0):.1f}s")
         lines.append(line + (f": {r['error']}" if r.get("error") else ""))
-    lines += [f"{'skipped':<8} {name}: not started (shutdown)" for name in not_started]
     failed = sum(1 for r in results if r["status"] not in ("ok", "dry-run"))
-    head = (f"{len(lines)} database(s): " + ("all ok" if not failed and not not_started else
-                                               f"{failed} failed, {len(not_started)} not started"))
+    head = f"{len(lines)} database(s): " + (f"{failed} failed" if failed else "all ok")
     return "\n".join([head, *lines])
 
 
-def backup_with_pipeline(should_stop: Callable[[], bool], observer: Observer) -> Outcome:
-    """Every connection, in order, straight through the pipeline (config re-read from the environment)."""
-    config = load()
-    result = pipeline.run(config, pipeline.plan(config), observer=observer, should_stop=should_stop)
-    rows = [r.as_dict() for r in result.results]
-    names = [f"{j.connection.name}/{j.database}" for j in result.deferred]
-    return Outcome(EXIT_OK if result.ok and not names else EXIT_FAILED, summarize(rows, names), rows)
+def backup_with_handler(should_stop: Callable[[], bool], observer: Observer) -> Outcome:
+    """One run through the Lambda handler's core with the fan-out event ``{}``: outside Lambda it backs up
+    every connection here, one after another. The configuration is re-read from the environment."""
+    edge = handler_core.Edge(observers=[observer], should_stop=should_stop)
+    try:
+        summary = handler_core.handle({}, None, edge=edge)
+        code = EXIT_OK
+    except handler_core.BackupFailedError as exc:
+        summary, code = exc.summary, EXIT_FAILED
+    rows = list(summary.get("results", []))
+    return Outcome(code, summarize(rows), rows)
 
 
 class _Tracking:
@@ -278,7 +280,7 @@ def make_runner(config: Config, backup: BackupFn | None = None, **kwargs: Any) -
     cron, grace, _ = _settings(env)
     sched = schedule.parse(env.get("CRON_SCHEDULE"), config.timezone) if cron else None
     return Runner(
-        backup=backup or backup_with_pipeline,
+        backup=backup or backup_with_handler,
         schedule=sched,
         timezone=config.timezone.key,
         observer=kwargs.pop("observer", None) or progress.make_observer(),
