@@ -136,6 +136,12 @@ class S3Proxy:
             with contextlib.suppress(OSError):
                 s.close()
 
+    def __enter__(self) -> S3Proxy:
+        return self if self.running else self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     @property
     def running(self) -> bool:
         return self._server is not None
