@@ -232,14 +232,44 @@ def test_fan_out_outside_lambda_runs_connections_here_one_after_another(
     monkeypatch.setattr(lambda_function, "lambda_client", lambda: client)
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "pgbkp-test")
     monkeypatch.setenv("PGBKP_LOCAL_RUNNER", "1")
-    monkeypatch.setenv("PG_URLS", f"main|bucket={BUCKET}|{pg.url()},second|bucket={BUCKET}|{pg.url()}")
+    monkeypatch.setenv("PG_URLS", f"main|bucket={BUCKET}|{pg.url()},nobucket|bucket=hl-missing|{pg.url()},"
+                       f"second|bucket={BUCKET}|{pg.url()}")
     monkeypatch.setenv("IGNORE_DATABASES", ",".join((BIG, BAD, LIMITED_OK, *EVENT_DBS)))
-    summary = handler_core.handle({})
-    assert client.calls == []
-    assert summary["ok"] and summary["connections"] == ["main", "second"]
-    seen = [(r["connection"], r["database"]) for r in summary["results"] if r["database"] in DBS]
-    assert seen == [("main", db) for db in sorted(DBS)] + [("second", db) for db in sorted(DBS)]
+    with pytest.raises(BackupFailedError, match=r"nobucket/\*: PG_URLS item 2 \(nobucket\): .*hl-missing") as err:
+        handler_core.handle({})
+    summary = err.value.summary
+    assert client.calls == [] and summary["connections"] == ["main", "nobucket", "second"]
+    seen = [(r["connection"], r["database"], r["status"]) for r in summary["results"]
+            if r["database"] in (*DBS, "*")]
+    assert seen == ([("main", db, "ok") for db in sorted(DBS)] + [("nobucket", "*", "failed")]
+                    + [("second", db, "ok") for db in sorted(DBS)])
     assert {k.split("/")[0] for k in objects(s3)} == {"main", "second"}
+
+
+def test_a_stop_request_leaves_the_rest_not_started(env: dict[str, str], s3: S3Server) -> None:
+    """The local runner's shutdown: the database in flight finishes or aborts, nothing new starts."""
+    stop = {"now": False}
+
+    class StopAfterFirst:
+        def started(self, job: Job) -> None:
+            pass
+
+        def dumped(self, job: Job, n: int) -> None:
+            pass
+
+        def uploaded(self, job: Job, n: int) -> None:
+            pass
+
+        def finished(self, job: Job, result: DatabaseResult) -> None:
+            stop["now"] = True
+
+    edge = Edge(observers=[StopAfterFirst()], should_stop=lambda: stop["now"])
+    with pytest.raises(BackupFailedError) as err:
+        handler_core.handle({"connection": "main", "databases": ["hl_one", "hl_two"]}, edge=edge)
+    one, two = err.value.summary["results"]
+    assert one["status"] == "ok" and two["status"] == "failed"
+    assert two["error"].endswith("not started: the run was asked to stop")
+    assert err.value.summary["handed_off"] == []
 
 
 # --------------------------------------------------------------------------------------------------

@@ -168,7 +168,7 @@ class _Budget:
 
     def __init__(self, context: Any, limits: TimeLimits) -> None:
         self.context, self.limits = context, limits
-        self.started = 0
+        self.begun = 0
         self.current: Job | None = None
         self.tripped: tuple[Job, float] | None = None
 
@@ -180,13 +180,13 @@ class _Budget:
         left = self.left()
         need = self.limits.safety_margin + self.limits.estimate(job)
         if left is not None and left < need:
-            if self.started:
+            if self.begun:
                 log.info("%.0f s left, %s needs about %.0f s: handing %d database(s) to a new invocation",
                          left, job.database, need, len(rest), extra={"connection": job.connection.name})
                 return False
             log.warning("%.0f s left, %s may need about %.0f s; starting it anyway (first of this invocation)",
                         left, job.database, need, extra={"connection": job.connection.name})
-        self.started += 1
+        self.begun += 1
         return True
 
     def should_stop(self) -> bool:
@@ -198,37 +198,39 @@ class _Budget:
         return True
 
     # Observer: the pipeline tells us which job is in flight.
-    def started_job(self, job: Job) -> None:
+    def started(self, job: Job) -> None:
         self.current = job
 
-    def finished_job(self, job: Job) -> None:
+    def dumped(self, job: Job, n: int) -> None:
+        pass
+
+    def uploaded(self, job: Job, n: int) -> None:
+        pass
+
+    def finished(self, job: Job, result: DatabaseResult) -> None:
         self.current = None
 
 
 class _Observers:
-    """Fans the pipeline's progress out to the budget and the edge's observers."""
+    """Fans the pipeline's progress out to several observers."""
 
-    def __init__(self, budget: _Budget | None, others: Sequence[Observer]) -> None:
-        self.budget, self.others = budget, others
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self.observers = observers
 
     def started(self, job: Job) -> None:
-        if self.budget:
-            self.budget.started_job(job)
-        for o in self.others:
+        for o in self.observers:
             o.started(job)
 
     def dumped(self, job: Job, n: int) -> None:
-        for o in self.others:
+        for o in self.observers:
             o.dumped(job, n)
 
     def uploaded(self, job: Job, n: int) -> None:
-        for o in self.others:
+        for o in self.observers:
             o.uploaded(job, n)
 
     def finished(self, job: Job, result: DatabaseResult) -> None:
-        if self.budget:
-            self.budget.finished_job(job)
-        for o in self.others:
+        for o in self.observers:
             o.finished(job, result)
 
 
@@ -275,17 +277,19 @@ def handle(event: object, context: Any = None, *, config: Config | None = None,
                     raise  # one connection asked for by name: the event itself is wrong
                 log.error("%s", exc, extra={"connection": conn.name})
                 done, deferred = [DatabaseResult(conn.name, "*", error=redact(str(exc)))], []
+            if deferred:
+                payload, not_started = _hand_off(conn, deferred, edge)
+                handed_off += [payload] if payload else []
+                done += not_started
             for r in done:
                 edge.report(r)
             results += done
-            if deferred:
-                handed_off.append(_hand_off(conn, deferred, edge, results))
     summary = {
         "ok": all(r.status == "ok" for r in results),
         "action": "backup",
         "connections": [c.name for c in connections],
         "results": [summarize(r) for r in results],
-        "handed_off": [h for h in handed_off if h],
+        "handed_off": handed_off,
     }
     failed = [r for r in results if r.status != "ok"]
     if failed:
@@ -301,7 +305,7 @@ def _backup_connection(config: Config, conn: Connection, databases: Sequence[str
     the_plan = edge.wrap(pipeline.plan)(config, connections=[conn.index], databases=databases)
     run = edge.wrap(pipeline.run)(
         config, the_plan,
-        observer=_Observers(budget, edge.observers),
+        observer=_Observers([budget, *edge.observers] if budget else edge.observers),
         should_stop=lambda: edge.should_stop() or (budget is not None and budget.should_stop()),
         before_job=budget.before_job if budget else lambda job, rest: True,
     )
@@ -314,38 +318,37 @@ def _backup_connection(config: Config, conn: Connection, databases: Sequence[str
                            f"{budget.limits.hard_margin:.0f}; the upload was aborted. Fix: raise "
                            "TIME_SAFETY_MARGIN_SECONDS or lower TIME_ESTIMATE_MB_PER_SECOND, or back this "
                            "database up with the local runner if one invocation cannot hold it)")
-    if run.deferred and budget and not budget.started:
+    if run.deferred and budget and not budget.begun:
         # Not even the first database could start: a new invocation would do the same, forever.
         left = budget.left() or 0.0
-        for job in run.deferred:
-            results.append(DatabaseResult(
-                conn.name, job.database, job.bucket, job.key, error=(
-                    f"backup {job.url}: not started, {left:.0f} s left is under TIME_HARD_MARGIN_SECONDS="
-                    f"{budget.limits.hard_margin:.0f}. Fix: raise the function's timeout")))
-        return results, []
+        reason = (f"not started, {left:.0f} s left is under TIME_HARD_MARGIN_SECONDS="
+                  f"{budget.limits.hard_margin:.0f}. Fix: raise the function's timeout")
+        return results + [_not_started(job, reason) for job in run.deferred], []
     return results, list(run.deferred)
 
 
-def _hand_off(conn: Connection, deferred: list[Job], edge: Edge, results: list[DatabaseResult]) -> dict[str, Any]:
-    """Give the databases not started to a fresh invocation; without Lambda they count as failed."""
+def _hand_off(conn: Connection, deferred: list[Job], edge: Edge) -> tuple[dict[str, Any] | None,
+                                                                          list[DatabaseResult]]:
+    """Give the databases not started to a fresh invocation (the payload sent), or else fail them."""
     payload = {"connection": conn.name, "databases": [j.database for j in deferred]}
-    error = "not started: out of time, and no Lambda function to hand it to"
+    reason = "not started: out of time, and no Lambda function to hand it to"
     if edge.should_stop():
-        error = "not started: the run was asked to stop"
+        reason = "not started: the run was asked to stop"
     elif edge.invoker is not None:
         try:
             edge.invoker(payload)
             log.info("handed %d database(s) to a new invocation: %s", len(deferred),
                      ", ".join(payload["databases"]), extra={"connection": conn.name})
-            return payload
+            return payload, []
         except Exception as exc:
-            error = f"hand-off to a new invocation failed: {redact(str(exc))}"
-    for job in deferred:
-        r = DatabaseResult(conn.name, job.database, job.bucket, job.key, error=f"backup {job.url}: {error}")
-        log.error("%s", r.error, extra={"connection": conn.name, "database": job.database})
-        edge.report(r)
-        results.append(r)
-    return {}
+            reason = f"hand-off to a new invocation failed: {redact(str(exc))}"
+    return None, [_not_started(job, reason) for job in deferred]
+
+
+def _not_started(job: Job, reason: str) -> DatabaseResult:
+    result = DatabaseResult(job.connection.name, job.database, job.bucket, job.key, error=f"backup {job.url}: {reason}")
+    log.error("%s", result.error, extra={"connection": job.connection.name, "database": job.database})
+    return result
 
 
 def _dispatch(config: Config, invoker: Invoker) -> dict[str, Any]:
