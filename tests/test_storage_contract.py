@@ -280,7 +280,8 @@ def test_batch_delete_falls_back_to_single_deletes(s3: S3Server, proxy: S3Proxy,
 
 
 @pytest.mark.parametrize(("status", "code"), [(501, "NotImplemented"), (501, ""), (405, "MethodNotAllowed"),
-                                              (400, "MalformedXML")])
+                                              (400, "MalformedXML"), (400, "MissingContentMD5"),
+                                              (400, "InvalidArgument")])
 def test_batch_delete_rejections_that_mean_unsupported(s3: S3Server, proxy: S3Proxy, bucket: str, status: int,
                                                        code: str) -> None:
     raw_client(s3).put_object(Bucket=bucket, Key="a", Body=b"x")

@@ -37,9 +37,11 @@ MIN_PART_SIZE = 5 * 1024**2
 DELETE_BATCH = 1000
 _STRIPPED_PREFIXES = ("x-amz-checksum-", "x-amz-sdk-checksum-algorithm")
 #: Error codes (or bare HTTP statuses) of stores that do not implement DeleteObjects, or reject how
-#: boto3 signs it (for example a missing Content-MD5): fall back to one DeleteObject per key.
-_BATCH_DELETE_UNSUPPORTED = {"NotImplemented", "MalformedXML", "InvalidRequest", "MethodNotAllowed",
-                             "XNotImplemented", "501", "405"}
+#: boto3 checksums it (DeleteObjects is the one call that always carries a CRC32 unless S3_CHECKSUM=off;
+#: older MinIO wants Content-MD5, B2 answers InvalidArgument to unknown headers): fall back to one
+#: DeleteObject per key, which needs no checksum at all.
+_BATCH_DELETE_UNSUPPORTED = {"NotImplemented", "MalformedXML", "InvalidRequest", "InvalidArgument",
+                             "MissingContentMD5", "MethodNotAllowed", "XNotImplemented", "501", "405"}
 
 
 def _describe(exc: BaseException) -> str:
