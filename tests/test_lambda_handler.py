@@ -119,8 +119,7 @@ def per_database(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
     out = {}
     for d in docs:
         if "database" in d:
-            assert d["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["connection", "database", "service"],
-                                                                       ["service"]]
+            assert d["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["connection", "database", "service"]]
             out[(d["connection"], d["database"])] = d
     return out
 

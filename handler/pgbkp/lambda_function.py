@@ -6,13 +6,12 @@ and time-budget hand-off). It is created by :func:`lambda_client`, the one seam 
 style guide keeps boto3 in ``storage/`` for the engine; this edge is outside the engine, and the
 engine's storage interface has no business invoking functions.
 
-The event contract is in :mod:`pgbkp.handler_core`. Metrics (namespace ``pgbkp``), one EMF document
-per database, with two dimension sets: ``[service, connection, database]`` for dashboards and
-``[service]`` for one alarm over every backup:
-
+The event contract is in :mod:`pgbkp.handler_core`. Metrics (namespace ``pgbkp``): one EMF document per
+database, with the dimensions ``connection``, ``database`` and ``service`` (one dimension set, so a
+Metrics Insights ``SUM`` over the namespace counts each backup once, as the template's alarm does):
 ``BackupSucceeded``, ``BackupFailed`` (Count), ``BackupBytes`` (Bytes, the stored object),
-``BackupSeconds`` (Seconds), ``RetentionDeleted`` (Count). Per invocation, with ``[service]``:
-``ConnectionsDispatched`` and ``DatabasesHandedOff`` (Count).
+``BackupSeconds`` (Seconds), ``RetentionDeleted`` (Count). Per invocation, with ``service`` only:
+``ConnectionsDispatched`` and ``DatabasesHandedOff`` (Count), and Powertools' ``ColdStart``.
 """
 
 from __future__ import annotations
@@ -122,12 +121,12 @@ class EdgeObserver:
 
 
 def report(result: DatabaseResult) -> None:
-    """One EMF document for one database: its own dimensions, plus ``[service]`` for the alarm."""
+    """One EMF document for one database, flushed at once: EMF gives a document one set of dimension
+    values, so each database needs its own (the invocation's metrics go out at the end, without them)."""
     ok = result.status == "ok"
-    metrics.add_dimension("connection", result.connection)
-    metrics.add_dimension("database", result.database)
     try:
-        metrics.add_dimensions(service=SERVICE)
+        metrics.add_dimension("connection", result.connection)
+        metrics.add_dimension("database", result.database)
         metrics.add_metric("BackupSucceeded", MetricUnit.Count, int(ok))
         metrics.add_metric("BackupFailed", MetricUnit.Count, int(not ok))
         metrics.add_metric("BackupBytes", MetricUnit.Bytes, result.object_bytes)
