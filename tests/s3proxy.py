@@ -38,6 +38,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body_size: int
+    body: bytes = field(default=b"", repr=False)  # kept only for small requests (XML calls), not parts
 
     @property
     def operation(self) -> str:
@@ -249,7 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
-        req = Request(self.command, url.path, parse_qs(url.query, keep_blank_values=True), headers, len(body))
+        req = Request(self.command, url.path, parse_qs(url.query, keep_blank_values=True), headers, len(body),
+                      body if len(body) <= 64 * 1024 else b"")
         owner = self.owner
         with owner._lock:
             owner.requests.append(req)
