@@ -52,11 +52,15 @@ class Upload(Protocol):
     def write(self, data: bytes | bytearray | memoryview) -> None: ...
 
     def commit(self, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        """Finish the object, add ``metadata`` plus its ``sha256``, and check what landed."""
+        """Finish the object, add ``metadata`` plus its ``sha256``, and check what landed.
+
+        On failure it cleans up itself (no pending upload, no half-made object, never an older object
+        under the key) and raises StorageError; a later :meth:`abort` is then a no-op."""
         ...
 
     def abort(self) -> None:
-        """Drop everything written; leaves no object and no pending multipart upload. Idempotent."""
+        """Drop everything written; leaves no object and no pending multipart upload. Idempotent; after
+        a commit it does nothing; after a failed abort (store down past the retries) it retries."""
         ...
 
 
