@@ -423,7 +423,8 @@ class Profile:
     seconds: float
     raw_bytes: int
     threads: dict[str, dict[str, float]]  # role -> {"cpu": s, "busy": fraction of wall, "samples": n}
-    main_leaves: list[tuple[str, float]]  # main thread: leaf function, share of its samples
+    main_activities: list[tuple[str, float]]  # main thread: what it does, share of its samples
+    deflate_mb_per_cpu_s: float  # raw MB per CPU-second of the deflate threads: the per-core rate
     source: str
 
 
@@ -435,6 +436,30 @@ def _role(name: str) -> str:
     if name.startswith("s3-part"):
         return "upload"
     return "other"
+
+
+#: What the main thread is doing, recognised by a function on its stack (first match wins).
+MAIN_ACTIVITIES = (
+    ("start-up and planning (imports, botocore models, listing databases, checking the bucket)",
+     ("importlib", "loaders.py", "plan (pgbkp/pipeline.py", "check_buckets", "_pg_dump_version",
+      "clean_stale_uploads", "load (pgbkp/config.py")),
+    ("reading pg_dump's pipe (DumpStream.read)", ("DumpStream.read",)),
+    ("waiting for the oldest deflate block", ("Future.result", "Condition.wait", "Event.wait")),
+    ("handing parts to the upload pool (S3Upload.write)", ("S3Upload.write", "_send_part")),
+    ("AES-CTR + HMAC (pyzipper)", ("encrypt", "zipfile_aes")),
+    ("ZipStreamWriter bookkeeping (cutting blocks, CRC combine; deflate itself if 1 thread)",
+     ("ZipStreamWriter.write", "_submit", "crc32_combine", "_emit")),
+    ("finishing: commit, retention listing, summary", ("commit", "apply_retention", "print_summary", "dumps")),
+)
+
+
+def _main_activity(stack: str) -> str:
+    frames = stack.split(";")
+    for label, needles in MAIN_ACTIVITIES:
+        if any(needle in frame for frame in frames for needle in needles):
+            return label
+    leaf = frames[-1] if frames and frames[-1] else "(no Python frame: C code, or interpreter start-up)"
+    return "other: " + re.sub(r" \((.*?):\d+\)$", r" (\1)", leaf)
 
 
 def profile(bench: Bench, database: str) -> Profile | None:
@@ -461,8 +486,7 @@ def profile(bench: Bench, database: str) -> Profile | None:
         role = _role(name)
         samples[role] += count
         if role == "main":
-            leaf = stack.rsplit(";", 1)[-1] if stack else "(native)"
-            leaves[re.sub(r" \((.*?):\d+\)$", r" (\1)", leaf)] += count
+            leaves[_main_activity(stack)] += count
     cpu: defaultdict[str, float] = defaultdict(float)
     for tid, seconds in watch.thread_cpu.items():
         role = "main" if tid == watch.pid else _role(tid_name.get(tid, "?"))
@@ -473,8 +497,10 @@ def profile(bench: Bench, database: str) -> Profile | None:
         roles[role] = {"cpu": round(cpu.get(role, 0.0), 2), "busy": round(cpu.get(role, 0.0) / run.seconds, 3),
                        "samples": samples.get(role, 0)}
     total_main = sum(leaves.values()) or 1
-    top = [(name, round(n / total_main, 3)) for name, n in leaves.most_common(8)]
-    return Profile(run.seconds, run.raw_bytes, roles, top, "py-spy --threads + /proc/<pid>/task/*/stat")
+    top = [(name, round(n / total_main, 3)) for name, n in leaves.most_common(10)]
+    per_core = run.raw_bytes / 1e6 / cpu["deflate"] if cpu.get("deflate") else float("nan")
+    return Profile(run.seconds, run.raw_bytes, roles, top, round(per_core, 1),
+                   "py-spy --threads + /proc/<pid>/task/*/stat")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,7 +540,8 @@ def summarize(bench: Bench, args: argparse.Namespace, prof: Profile | None, info
         row = {"approach": approach, "runs": len(runs), "seconds": round(secs, 2),
                "mb_s": round(raw_mb / secs, 1), "all_seconds": [round(r.seconds, 2) for r in runs],
                "ratio": round(bench.raw[big] / obj, 2) if obj else None,
-               "box_busy": round(med(approach, attr="box_busy"), 2)}
+               "box_busy": round(med(approach, attr="box_busy"), 2),
+               "foreign": round(med(approach, attr="foreign"), 2)}
         if runs[0].stages:
             row["stages"] = {k: round(median([r.stages[k] for r in runs]), 2) for k in runs[0].stages}
         table.append(row)
@@ -532,6 +559,7 @@ def summarize(bench: Bench, args: argparse.Namespace, prof: Profile | None, info
             "main_cpu_s_per_mb": round(median([r.main_cpu for r in runs]) / raw_mb, 4),
             "peak_rss_mib": round(max(r.peak_rss_kb for r in runs) / 1024, 1),
             "box_busy": round(median([r.box_busy for r in runs]), 2),
+            "foreign": round(median([r.foreign for r in runs]), 2),
         })
     ours_runs = by["ours", big]
     small_runs = by["ours", small]
@@ -601,18 +629,19 @@ def print_report(s: dict[str, Any]) -> None:
     log("\n== results (medians) ==")
     log(f"dump {s['dump_bytes'][big] / 1e6:.1f} MB; gzip -6 ratio {s['gzip6_ratio']}:1; "
         f"ours (zip, level {s['args']['level']}) {s['ours_ratio']}:1")
-    log("| approach | runs | wall s | MB/s (raw dump) | ratio | box CPU busy | stages |")
-    log("|---|---:|---:|---:|---:|---:|---|")
+    log("| approach | runs | wall s | MB/s (raw dump) | ratio | box CPU busy | foreign load (cores) | stages |")
+    log("|---|---:|---:|---:|---:|---:|---:|---|")
     for r in s["table"]:
         stages = ", ".join(f"{k} {v}s" for k, v in r.get("stages", {}).items())
         log(f"| {r['approach']} | {r['runs']} | {r['seconds']} | {r['mb_s']} | {r['ratio'] or '-'} | "
-            f"{r['box_busy']:.0%} | {stages} |")
+            f"{r['box_busy']:.0%} | {r['foreign']} | {stages} |")
     log("\n| COMPRESSION_THREADS | runs | wall s | MB/s | / pg_dump time | CPU s per MB | main thread CPU s per MB"
-        " | peak RSS MiB | box CPU busy |")
-    log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        " | peak RSS MiB | box CPU busy | foreign load |")
+    log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in s["threads_table"]:
         log(f"| {r['threads']} | {r['runs']} | {r['seconds']} | {r['mb_s']} | {r['vs_pg_dump']} | "
-            f"{r['cpu_s_per_mb']} | {r['main_cpu_s_per_mb']} | {r['peak_rss_mib']} | {r['box_busy']:.0%} |")
+            f"{r['cpu_s_per_mb']} | {r['main_cpu_s_per_mb']} | {r['peak_rss_mib']} | {r['box_busy']:.0%} | "
+            f"{r['foreign']} |")
     log("\nratios: " + ", ".join(f"{k} = {v}" for k, v in s["ratios"].items()))
     log(f"peak RSS (MiB): {s['peak_rss_mib']}; disk bytes written by ours: {s['disk_write_bytes']}; "
         f"left in TMPDIR: {s['tmpdir_bytes']}")
@@ -623,8 +652,9 @@ def print_report(s: dict[str, Any]) -> None:
         log(f"\nprofile ({p['source']}), {p['seconds']:.1f}s wall:")
         for role, v in p["threads"].items():
             log(f"  {role:<8} CPU {v['cpu']:6.2f}s  = {v['busy']:.0%} of wall  ({v['samples']} py-spy samples)")
+        log(f"  deflate per core: {p['deflate_mb_per_cpu_s']} MB of dump per CPU-second")
         log("  main thread, where its samples are:")
-        for name, share in p["main_leaves"]:
+        for name, share in p["main_activities"]:
             log(f"    {share:6.1%}  {name}")
     log("\nLambda projection (minutes per 10 GB of dump):")
     for r in s["lambda"]:
