@@ -100,6 +100,7 @@ def add_file(path: str | os.PathLike[str], fmt: str | None = None) -> logging.Ha
     """Add a rotating file (10 MB x 5) to the ``pgbkp`` logger, JSON unless LOG_FORMAT=text.
 
     It gets plain lines only: progress bars go to the terminal, never here."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     handler = logging.handlers.RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT,
                                                    encoding="utf-8")
     handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
