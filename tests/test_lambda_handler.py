@@ -62,6 +62,15 @@ def databases(pg: PgCluster) -> Iterator[None]:
     pg.psql(f"DROP ROLE IF EXISTS {LIMITED_ROLE}")
 
 
+@pytest.fixture(autouse=True)
+def _package_logging_restored() -> Iterator[None]:
+    """The handler routes the ``pgbkp`` logger tree into Powertools (as in Lambda); other tests expect it not to be."""
+    package = logging.getLogger("pgbkp")
+    saved = (list(package.handlers), package.level, package.propagate)
+    yield
+    package.handlers[:], package.level, package.propagate = saved[0], saved[1], saved[2]
+
+
 def s3_client(s3: S3Server) -> Any:
     return boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id=s3.access_key,
                         aws_secret_access_key=s3.secret_key, region_name=s3.region,

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -35,7 +35,10 @@ SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "pgbkp"
 NAMESPACE = "pgbkp"
 PACKAGE_LOGGER = "pgbkp"
 
-logger = Logger(service=SERVICE)
+#: LOG_LEVEL is pgbkp's own setting (the CLI and runner use it too); an invalid one is left to the config check.
+_LEVEL = os.environ.get("LOG_LEVEL", "").strip().upper()
+
+logger = Logger(service=SERVICE, level=_LEVEL if _LEVEL in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else None)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 tracer = Tracer(service=SERVICE)
 
@@ -50,13 +53,15 @@ class _EdgeRedactingFilter(RedactingFilter):
         return True
 
 
+logger.registered_handler.addFilter(_EdgeRedactingFilter())
+
+
 def _route_package_logs() -> None:
     """Send the ``pgbkp.*`` logger tree (pipeline, postgres, storage) through the Powertools handler.
 
-    Idempotent: a CLI or test that re-configured the ``pgbkp`` logger in the same process is undone."""
+    Done per invocation, not at import: importing this module changes no logging. Idempotent, and it
+    undoes a CLI-style ``logs.setup`` made earlier in the same process."""
     handler = logger.registered_handler
-    if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-        handler.addFilter(_EdgeRedactingFilter())
     package = logging.getLogger(PACKAGE_LOGGER)
     for other in [h for h in package.handlers if h is not handler]:
         package.removeHandler(other)
@@ -64,9 +69,6 @@ def _route_package_logs() -> None:
         package.addHandler(handler)
     package.setLevel(logger.log_level)
     package.propagate = False  # Lambda's root handler would print every line a second time
-
-
-_route_package_logs()
 
 
 @functools.cache
@@ -100,14 +102,16 @@ def log_keys(keys: Mapping[str, str]) -> Iterator[None]:
 
 
 class EdgeObserver:
-    """Per database: a ``database`` log key and an X-Ray subsegment."""
+    """Per database: a ``database`` log key and an X-Ray subsegment, from its start to its result."""
+
+    def __init__(self) -> None:
+        self._open = ExitStack()
 
     def started(self, job: Job) -> None:
         logger.append_keys(database=job.database)
-        subsegment = tracer.provider.begin_subsegment(f"## backup {job.database}"[:200])
-        if subsegment is not None:
-            subsegment.put_annotation("connection", job.connection.name)
-            subsegment.put_annotation("database", job.database)
+        subsegment = self._open.enter_context(tracer.provider.in_subsegment(f"## backup {job.database}"[:200]))
+        subsegment.put_annotation("connection", job.connection.name)
+        subsegment.put_annotation("database", job.database)
 
     def dumped(self, job: Job, n: int) -> None:
         pass
@@ -116,7 +120,7 @@ class EdgeObserver:
         pass
 
     def finished(self, job: Job, result: DatabaseResult) -> None:
-        tracer.provider.end_subsegment()
+        self._open.close()
         logger.remove_keys(["database"])
 
 
