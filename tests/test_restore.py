@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import boto3
-import botocore.config
 import pytest
 
 from pgbkp import config as config_mod
 from pgbkp import pipeline, postgres, restore
+from tests.helpers import dump_sql, run_cli, s3_client
 from tests.servers import PgCluster, S3Server, free_port
 
-PGBKP = str(Path(sys.executable).with_name("pgbkp"))
 PASSWORD = "zíp pass/wörd %&|"
 BUCKET = "restore-tests"
 PREFIX = "p"
@@ -57,12 +53,6 @@ def unique(stem: str) -> str:
     return f"{stem}_{uuid.uuid4().hex[:8]}"
 
 
-def s3_client(s3: S3Server) -> object:
-    return boto3.client(
-        "s3", endpoint_url=s3.endpoint, region_name=s3.region, aws_access_key_id=s3.access_key,
-        aws_secret_access_key=s3.secret_key, config=botocore.config.Config(s3={"addressing_style": "path"}))
-
-
 def make_env(pg: PgCluster, s3: S3Server, *, password: str | None = PASSWORD, bucket: str = BUCKET,
              extra: str = "") -> dict[str, str]:
     env = {**s3.env(), "PG_URLS": f"{PREFIX}|bucket={bucket}{extra}|" + pg.url(), "TIMEZONE": "UTC",
@@ -80,16 +70,7 @@ def run_backup(env: dict[str, str], database: str, now: datetime | None = None) 
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "S3_", "ZIP_"))}
-    full.update(env)
-    return subprocess.run([PGBKP, *args], capture_output=True, text=True, env=full, timeout=120, check=False)
-
-
-def dump_sql(pg: PgCluster, database: str) -> str:
-    """pg_dump of a database without the per-run \\restrict key lines, for comparing two databases."""
-    out = subprocess.run([str(pg.bindir / "pg_dump"), "-d", database], capture_output=True, text=True,
-                         env=pg.env(), check=True)
-    return "\n".join(ln for ln in out.stdout.splitlines() if not ln.startswith(("\\restrict", "\\unrestrict")))
+    return run_cli(list(args), env)
 
 
 def user_objects(pg: PgCluster, database: str) -> str:
@@ -225,24 +206,33 @@ def test_key_accepts_s3_url_and_plain_key(pg: PgCluster, s3: S3Server, bucket: s
 # Failures leave the target untouched
 
 
+SMALL_SQL = "CREATE TABLE s (id int, t text); INSERT INTO s SELECT i, md5(i::text) FROM generate_series(1, 30000) i"
+
+
+@pytest.fixture(scope="module")
+def small_source(pg: PgCluster) -> Iterator[str]:
+    """A small source database, big enough that its backup spans several reads (shared by the module)."""
+    name = unique("src_small")
+    pg.create_database(name)
+    pg.psql(SMALL_SQL, name)
+    yield name
+    pg.drop_database(name)
+
+
 @pytest.fixture
-def small_backup(pg: PgCluster, s3: S3Server, bucket: str, databases: list[str]) -> tuple[dict[str, str], str, str]:
-    """A small real backup (encrypted) big enough to span several S3 reads: (env, database, key)."""
-    src = unique("src_small")
-    databases.append(src)
-    pg.create_database(src)
-    pg.psql("CREATE TABLE s (id int, t text); INSERT INTO s SELECT i, md5(i::text) FROM generate_series(1, 30000) i",
-            src)
+def small_backup(pg: PgCluster, s3: S3Server, bucket: str, small_source: str) -> tuple[dict[str, str], str, str]:
+    """A fresh encrypted backup of ``small_source``: (env, database, key)."""
     env = make_env(pg, s3)
-    return env, src, run_backup(env, src).key
+    return env, small_source, run_backup(env, small_source).key
 
 
-def _flip(s3: S3Server, key: str, offset: int) -> None:
+def _flip(s3: S3Server, key: str, offset: int, new_key: str | None = None) -> None:
+    """Flip one bit of the stored object (written back under ``new_key`` if given), keeping its metadata."""
     client = s3_client(s3)
     obj = client.get_object(Bucket=BUCKET, Key=key)
     body = bytearray(obj["Body"].read())
     body[offset] ^= 0x01
-    client.put_object(Bucket=BUCKET, Key=key, Body=bytes(body), Metadata=obj["Metadata"])
+    client.put_object(Bucket=BUCKET, Key=new_key or key, Body=bytes(body), Metadata=obj["Metadata"])
 
 
 def _marked_target(pg: PgCluster, databases: list[str]) -> str:
@@ -253,29 +243,29 @@ def _marked_target(pg: PgCluster, databases: list[str]) -> str:
     return target
 
 
-@pytest.mark.parametrize(("password", "where"), [
-    (PASSWORD, "data"), (PASSWORD, "end-of-data"), (PASSWORD, "directory"), (None, "data"), (None, "last-byte"),
-], ids=["aes-data", "aes-end-of-data", "aes-directory", "plain-data", "plain-last-byte"])
-def test_flipped_byte_fails_and_target_is_untouched(pg: PgCluster, s3: S3Server, bucket: str,
-                                                     databases: list[str], where: str,
-                                                     password: str | None) -> None:
-    src = unique("src_flip")
-    databases.append(src)
-    pg.create_database(src)
-    pg.psql("CREATE TABLE s (id int, t text); INSERT INTO s SELECT i, md5(i::text) FROM generate_series(1, 30000) i",
-            src)
+@pytest.mark.parametrize("password", [PASSWORD, None], ids=["aes", "plain"])
+def test_flipped_byte_fails_and_target_is_untouched(pg: PgCluster, s3: S3Server, bucket: str, small_source: str,
+                                                     databases: list[str], password: str | None) -> None:
     env = make_env(pg, s3, password=password)
-    key = run_backup(env, src).key
+    key = run_backup(env, small_source).key
     size = s3_client(s3).head_object(Bucket=BUCKET, Key=key)["ContentLength"]
-    offset = {"data": size // 2, "end-of-data": size - 200, "directory": size - 40, "last-byte": size - 1}[where]
-    _flip(s3, key, offset)
     target = _marked_target(pg, databases)
-    before = user_objects(pg, target)
-    out = cli(env, "restore", "-c", PREFIX, "-d", src, "--target-url", pg.url(target), "--force")
+    cfg = config_mod.load(env)
+    for where, offset in {"header": 20, "data": size // 2, "end of data": size - 200, "directory": size - 40,
+                          "last byte": size - 1}.items():
+        bad = f"{key}.{offset}"
+        _flip(s3, key, offset, bad)
+        ref = restore.select_backup(cfg, PREFIX, key=f"s3://{BUCKET}/{bad}")
+        with pytest.raises((restore.RestoreError, postgres.PostgresError), match="nothing was committed") as err:
+            restore.restore(cfg, PREFIX, ref, pg.url(target), force=True)
+        assert pg.password not in str(err.value), where
+        assert user_objects(pg, target) == "public.marker", where
+    # and through the command: one line on stderr, exit 1
+    out = cli(env, "restore", "--key", f"s3://{BUCKET}/{key}.{size // 2}", "--target-url", pg.url(target), "--force")
     assert out.returncode == 1, out.stdout + out.stderr
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("pgbkp: error:")]
     assert len(errors) == 1 and "nothing was committed" in errors[0] and "Traceback" not in out.stderr, out.stderr
-    assert user_objects(pg, target) == before and pg.psql("SELECT v FROM marker", target) == "7"
+    assert pg.psql("SELECT v FROM marker", target) == "7"
 
 
 def test_changed_sha256_metadata_is_caught_at_the_end(pg: PgCluster, s3: S3Server, small_backup: tuple,
@@ -302,9 +292,9 @@ def test_wrong_password_and_missing_password(pg: PgCluster, s3: S3Server, small_
     assert wrong.returncode == 1
     assert "wrong password" in wrong.stderr and "ZIP_PASSWORD" in wrong.stderr and "Traceback" not in wrong.stderr
     assert target not in pg.databases()  # --create made nothing, or dropped what it made
-    none = cli({k: v for k, v in env.items() if k != "ZIP_PASSWORD"}, "restore", "-d", src, "--target-url",
-               pg.url(target), "--create")
-    assert none.returncode == 1 and "password needed" in none.stderr
+    cfg = config_mod.load({k: v for k, v in env.items() if k != "ZIP_PASSWORD"})
+    with pytest.raises(restore.RestoreError, match="password needed"):
+        restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, src), pg.url(target), create=True)
     assert target not in pg.databases()
 
 
@@ -315,18 +305,21 @@ def test_missing_object_and_no_backups(pg: PgCluster, s3: S3Server, small_backup
     databases.append(target)
     out = cli(env, "restore", "--key", key + ".gone", "--target-url", pg.url(target), "--create")
     assert out.returncode == 1 and "object does not exist" in out.stderr, out.stderr
-    out = cli(env, "restore", "-d", "no_such_db", "--target-url", pg.url(target), "--create")
-    assert out.returncode == 1 and "none in s3://" in out.stderr, out.stderr
+    cfg = config_mod.load(env)
+    with pytest.raises(restore.NoBackupError, match="none in s3://"):
+        restore.select_backup(cfg, PREFIX, "no_such_db")
     assert target not in pg.databases()
 
 
 def test_unreachable_target(s3: S3Server, pg: PgCluster, small_backup: tuple) -> None:
     env, src, _key = small_backup
     url = f"postgresql://postgres:x@127.0.0.1:{free_port()}/somewhere"
-    for extra in ([], ["--create"]):
-        out = cli(env, "restore", "-d", src, "--target-url", url, *extra)
-        assert out.returncode == 1 and "cannot reach the server" in out.stderr, out.stderr
-        assert "Traceback" not in out.stderr
+    out = cli(env, "restore", "-d", src, "--target-url", url)
+    assert out.returncode == 1 and "cannot reach the server" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    cfg = config_mod.load(env)
+    with pytest.raises(postgres.ConnectError, match="cannot reach the server"):
+        restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, src), url, create=True)
 
 
 def test_target_url_must_name_a_database(s3: S3Server, pg: PgCluster, small_backup: tuple) -> None:
@@ -342,20 +335,21 @@ def test_target_url_must_name_a_database(s3: S3Server, pg: PgCluster, small_back
 def test_create_force_and_non_empty_targets(pg: PgCluster, s3: S3Server, small_backup: tuple,
                                             databases: list[str]) -> None:
     env, src, _key = small_backup
+    cfg = config_mod.load(env)
+    ref = restore.select_backup(cfg, PREFIX, src)
     existing = _marked_target(pg, databases)
-    out = cli(env, "restore", "-d", src, "--target-url", pg.url(existing), "--create")
-    assert out.returncode == 1 and "already exists" in out.stderr
+    with pytest.raises(restore.TargetError, match="already exists"):
+        restore.restore(cfg, PREFIX, ref, pg.url(existing), create=True)
     out = cli(env, "restore", "-d", src, "--target-url", pg.url(existing))
     assert out.returncode == 1 and "is not empty (1 relations)" in out.stderr and "--force" in out.stderr
     assert user_objects(pg, existing) == "public.marker"
-    out = cli(env, "restore", "-d", src, "--target-url", pg.url(existing), "--force")
-    assert out.returncode == 0, out.stderr
+    restore.restore(cfg, PREFIX, ref, pg.url(existing), force=True)
     assert pg.psql("SELECT count(*) FROM s", existing) == "30000" and pg.psql("SELECT v FROM marker", existing) == "7"
 
     absent = unique("dst_absent")
     databases.append(absent)
-    out = cli(env, "restore", "-d", src, "--target-url", pg.url(absent))
-    assert out.returncode == 1 and "does not exist" in out.stderr and "--create" in out.stderr
+    with pytest.raises(restore.TargetError, match=r"does not exist.*--create"):
+        restore.restore(cfg, PREFIX, ref, pg.url(absent))
     assert absent not in pg.databases()
 
 
@@ -366,8 +360,9 @@ def test_a_failing_restore_drops_only_what_it_created(pg: PgCluster, s3: S3Serve
     target = unique("dst_dropped")
     databases.append(target)
     before = set(pg.databases())
-    out = cli(env, "restore", "-d", src, "--target-url", pg.url(target), "--create")
-    assert out.returncode == 1
+    cfg = config_mod.load(env)
+    with pytest.raises(restore.RestoreError):
+        restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, src), pg.url(target), create=True)
     assert set(pg.databases()) == before
 
 

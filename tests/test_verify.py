@@ -1,0 +1,90 @@
+"""pgbkp verify on real PostgreSQL and S3: good and corrupt backups, scratch databases always dropped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from pgbkp import config as config_mod
+from pgbkp import restore
+from tests.helpers import s3_client
+from tests.servers import PgCluster, S3Server
+from tests.test_restore import BUCKET, PREFIX, _flip, cli, make_env, run_backup, unique
+
+
+def _scratch_left(pg: PgCluster) -> list[str]:
+    return [d for d in pg.databases() if d.startswith("pgbkp_verify_")]
+
+
+@pytest.fixture(scope="module")
+def sources(pg: PgCluster) -> Iterator[tuple[str, str]]:
+    """Two source databases with known content, made once for the module."""
+    good, other = unique("vsrc_good"), unique("vsrc_other")
+    for name in (good, other):
+        pg.create_database(name)
+    pg.psql("CREATE TABLE a (i int); INSERT INTO a SELECT generate_series(1, 1234);"
+            "CREATE TABLE b (t text); INSERT INTO b VALUES ('x'), ('y');"
+            "CREATE TABLE p (d int) PARTITION BY RANGE (d);"
+            "CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10);"
+            "CREATE TABLE p2 PARTITION OF p FOR VALUES FROM (10) TO (20);"
+            "INSERT INTO p SELECT generate_series(0, 19)", good)
+    pg.psql("CREATE TABLE c (i int); INSERT INTO c SELECT generate_series(1, 30000)", other)
+    yield good, other
+    for name in (good, other):
+        pg.drop_database(name)
+
+
+@pytest.fixture
+def two_sources(pg: PgCluster, s3: S3Server, sources: tuple[str, str]) -> tuple[dict[str, str], str, str]:
+    """Fresh backups of both sources: (env, good, other)."""
+    s3_client(s3).create_bucket(Bucket=BUCKET)
+    good, other = sources
+    env = make_env(pg, s3)
+    run_backup(env, good)
+    run_backup(env, other)
+    return env, good, other
+
+
+def test_verify_good_backups(pg: PgCluster, two_sources: tuple[dict[str, str], str, str]) -> None:
+    env, good, other = two_sources
+    cfg = config_mod.load(env)
+    results = restore.verify(cfg, PREFIX, [good, other], scratch_url=pg.url("ignored"))
+    assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
+    first = results[0]
+    assert (first.database, first.tables, first.rows) == (good, 5, 1234 + 2 + 20)  # p, p1, p2 count once
+    assert first.restored_size > 1_000_000 and first.object_bytes > 0 and first.sql_bytes > first.object_bytes
+    assert first.scratch_database.startswith(f"pgbkp_verify_{good}_")
+    assert results[1].rows == 30000
+    json.dumps([r.as_dict() for r in results])  # what the Lambda handler returns
+    assert _scratch_left(pg) == []
+
+
+def test_verify_corrupt_backup_fails_and_drops_scratch(pg: PgCluster, s3: S3Server,
+                                                        two_sources: tuple[dict[str, str], str, str]) -> None:
+    env, good, other = two_sources
+    cfg = config_mod.load(env)
+    key = restore.find_backups(cfg, PREFIX, other)[0].key
+    _flip(s3, key, 400)
+    out = cli(env, "verify", "--json")  # every database that has backups
+    assert out.returncode == 1, out.stderr
+    report = json.loads(out.stdout)
+    assert report["ok"] is False
+    status = {r["database"]: r for r in report["results"]}
+    assert status[good]["status"] == "ok" and status[other]["status"] == "failed"
+    assert "nothing was committed" in status[other]["error"]
+    assert _scratch_left(pg) == []
+
+
+def test_verify_database_without_backups(pg: PgCluster, two_sources: tuple[dict[str, str], str, str]) -> None:
+    env, good, _other = two_sources
+    cfg = config_mod.load(env)
+    results = restore.verify(cfg, PREFIX, ["nothing_here", good])
+    assert [r.status for r in results] == ["failed", "ok"]
+    assert "no backup found in s3://" in (results[0].error or "")
+    out = cli(env, "verify", "-c", PREFIX, "-d", good)
+    assert out.returncode == 0, out.stderr
+    header, _rule, row = out.stdout.splitlines()[:3]
+    assert header.split()[:4] == ["database", "backup", "taken", "tables"]
+    assert row.startswith(f"{PREFIX}/{good}") and row.split()[-1] == "ok" and " 1256 " in row
