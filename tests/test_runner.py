@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -293,3 +294,75 @@ def test_sigterm_while_waiting_for_the_next_tick_exits_at_once(pg: PgCluster, s3
     assert time.monotonic() - sent < 5
     assert proc.returncode == 0, err[-2000:]
     assert "received SIGINT: exiting (no backup in progress)" in err
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings
+
+
+def test_bad_settings_stop_serve_before_any_backup(tmp_path: Path) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "S3_", "CRON", "LOG_"))}
+    base.update({"PG_URLS": "postgres://u@127.0.0.1:1/postgres", "S3_BUCKET": "bkt", "LOG_FILE": "off",
+                 "HEALTH_FILE": str(tmp_path / "h.json")})
+    for extra, says in [
+        ({"CRON_SCHEDULE": "0 3 * *"}, "CRON_SCHEDULE: '0 3 * *' has 4 fields, not 5. Fix: "),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT: 'xml' is not a format"),
+        ({"HEALTHCHECK_URL": "hc-ping.com/abc"}, "HEALTHCHECK_URL: not an http(s) URL"),
+        ({"LOG_FILE": "/proc/pgbkp/pg-backup.log"}, "LOG_FILE: cannot write '/proc/pgbkp/pg-backup.log'"),
+    ]:
+        out = subprocess.run([PGBKP, "serve"], env={**base, **extra}, capture_output=True, text=True, timeout=60,
+                             check=False)
+        assert out.returncode == 2, (extra, out.stderr)
+        assert says in out.stderr, (extra, out.stderr)
+        assert not (tmp_path / "h.json").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ({"CRON_ENABLED": "sometimes"}, "CRON_ENABLED: 'sometimes' is not true or false"),
+    ({"SHUTDOWN_GRACE_SECONDS": "-1"}, "SHUTDOWN_GRACE_SECONDS: -1 is out of range"),
+    ({"SHUTDOWN_GRACE_SECONDS": "soon"}, "SHUTDOWN_GRACE_SECONDS: 'soon' is not a whole number"),
+])
+def test_bad_runner_settings_are_config_errors(extra: dict[str, str], says: str) -> None:
+    cfg = config.load({"PG_URLS": "postgres://u@127.0.0.1:1/postgres", "S3_BUCKET": "bkt", **extra})
+    with pytest.raises(config.ConfigError, match=re.escape(says)):
+        runner.make_runner(cfg, backup=lambda stop, obs: runner.Outcome(0, ""))
+
+
+def test_runner_settings_from_the_environment() -> None:
+    cfg = config.load({"PG_URLS": "postgres://u@127.0.0.1:1/postgres", "S3_BUCKET": "bkt", "TIMEZONE": "Europe/Berlin",
+                       "CRON_SCHEDULE": "@weekly", "SHUTDOWN_GRACE_SECONDS": "7", "HEALTH_FILE": "/x/h.json"})
+    r = runner.make_runner(cfg, backup=lambda stop, obs: runner.Outcome(0, ""))
+    assert r.schedule == schedule.Schedule("@weekly", ZoneInfo("Europe/Berlin"))
+    assert r.grace == 7 and r.status.timezone == "Europe/Berlin"
+    once = runner.make_runner(config.load({**cfg.env, "CRON_ENABLED": "false"}),
+                              backup=lambda stop, obs: runner.Outcome(0, ""))
+    assert once.schedule is None and once.status.schedule is None
+
+
+def test_log_file_default_and_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgbkp import logs
+
+    assert logs.log_file_path("off") is None and logs.log_file_path("") is None
+    assert logs.log_file_path(str(tmp_path / "x.log")) == tmp_path / "x.log"
+    monkeypatch.setattr(logs, "DEFAULT_LOG_FILE", str(tmp_path / "pg-backup.log"))
+    assert logs.log_file_path(None) == tmp_path / "pg-backup.log"  # writable folder: the default applies
+    monkeypatch.setattr(logs, "DEFAULT_LOG_FILE", str(tmp_path / "missing" / "pg-backup.log"))
+    assert logs.log_file_path(None) is None  # no such folder (not in a container): no file
+
+
+def test_log_file_gets_plain_redacted_lines(tmp_path: Path) -> None:
+    from pgbkp import logs
+    from pgbkp.redact import Secret
+
+    secret = Secret(f"file-secret-{uuid.uuid4().hex}")
+    path = tmp_path / "sub" / "pg-backup.log"
+    for fmt in ("text", None):
+        handler = logs.add_file(path, fmt)
+        try:
+            logging.getLogger("pgbkp.runner").warning("connecting with %s", secret.reveal())
+        finally:
+            logging.getLogger("pgbkp").removeHandler(handler)
+            handler.close()
+    text_line, json_line = path.read_text(encoding="utf-8").splitlines()
+    assert text_line.endswith("WARNING connecting with **redacted**")
+    assert json.loads(json_line)["message"] == "connecting with **redacted**"
