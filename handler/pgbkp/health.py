@@ -16,8 +16,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -109,7 +109,6 @@ class Status:
     started_at: str
     schedule: str | None  # None when CRON_ENABLED=false: one run, no period
     timezone: str
-    pid: int = field(default_factory=os.getpid)
     running_since: str | None = None
     last_run: LastRun | None = None
     last_success_at: str | None = None
@@ -165,7 +164,7 @@ def evaluate(status: Status, now: datetime) -> tuple[bool, str]:
     return True, f"{what}{running}{nxt}"
 
 
-def _span(delta: Any) -> str:
+def _span(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
     if seconds % 86400 == 0:
         return f"{seconds // 86400}d"

@@ -135,7 +135,6 @@ class Runner:
         self._monotonic = monotonic
         self._stop_at: float | None = None
         self._aborting = False
-        self.runs = 0
         zone = self.schedule.timezone.key if self.schedule else timezone
         self.status = health.Status(started_at=_iso(self._local(clock())), timezone=zone,
                                     schedule=self.schedule.expression if self.schedule else None)
@@ -183,7 +182,6 @@ class Runner:
     def run_once(self) -> Outcome:
         """One run of every connection, with the health pings and the status file around it."""
         started = self._local(self._clock())
-        self.runs += 1
         self.status.running_since = _iso(started)
         self._save_status()
         log.info("run started")
@@ -214,7 +212,6 @@ class Runner:
 
     def serve(self) -> int:
         """Run now, then on every tick until asked to stop. CRON_ENABLED=false: run once, return its code."""
-        self._save_status()
         outcome = self.run_once()
         if self.schedule is None:
             return outcome.code
@@ -226,7 +223,7 @@ class Runner:
                 continue
             self.run_once()
             end = self._clock()
-            self._log_skipped(nxt, end)
+            self._log_skipped(now, end)
             if not self.stopping:
                 nxt = self._next(end)
         log.info("runner stopped")
@@ -241,15 +238,15 @@ class Runner:
                  self.schedule.expression)
         return nxt
 
-    def _log_skipped(self, started_tick: datetime, end: datetime) -> None:
+    def _log_skipped(self, started: datetime, end: datetime) -> None:
         """Ticks that came while the run was going: runs never overlap, so these were skipped."""
         assert self.schedule is not None
-        missed = list(takewhile(lambda t: t <= end, self.schedule.times_after(started_tick)))
+        missed = list(takewhile(lambda t: t <= end, self.schedule.times_after(started)))
         if not missed:
             return
         shown = ", ".join(_iso(t) for t in missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
         log.warning("skipped %d scheduled run(s) at %s: the run started at %s was still going", len(missed),
-                    shown, _iso(started_tick))
+                    shown, _iso(self._local(started)))
 
     def _save_status(self) -> None:
         if self._health_file is None:
