@@ -59,8 +59,9 @@ logger.registered_handler.addFilter(_EdgeRedactingFilter())
 def _route_package_logs() -> None:
     """Send the ``pgbkp.*`` logger tree (pipeline, postgres, storage) through the Powertools handler.
 
-    Done per invocation, not at import: importing this module changes no logging. Idempotent, and it
-    undoes a CLI-style ``logs.setup`` made earlier in the same process."""
+    Powertools' Logger (service ``pgbkp``) already put its handler on the ``pgbkp`` logger at import;
+    this, done per invocation, makes that handler the only one and stops propagation. Idempotent, and
+    it undoes a CLI-style ``logs.setup`` made earlier in the same process."""
     handler = logger.registered_handler
     package = logging.getLogger(PACKAGE_LOGGER)
     for other in [h for h in package.handlers if h is not handler]:
