@@ -88,3 +88,12 @@ def test_verify_database_without_backups(pg: PgCluster, two_sources: tuple[dict[
     header, _rule, row = out.stdout.splitlines()[:3]
     assert header.split()[:4] == ["database", "backup", "taken", "tables"]
     assert row.startswith(f"{PREFIX}/{good}") and row.split()[-1] == "ok" and " 1256 " in row
+
+
+def test_verify_never_drops_a_database_it_did_not_create(pg: PgCluster, monkeypatch: pytest.MonkeyPatch,
+                                                         two_sources: tuple[dict[str, str], str, str]) -> None:
+    env, good, other = two_sources
+    monkeypatch.setattr(restore, "scratch_name", lambda _db: other)  # as if the random name were taken
+    results = restore.verify(config_mod.load(env), PREFIX, [good])
+    assert results[0].status == "failed" and "already exists" in (results[0].error or "")
+    assert other in pg.databases() and pg.psql("SELECT count(*) FROM c", other) == "30000"

@@ -253,7 +253,12 @@ def quote_literal(value: str) -> str:
 
 def psql_version(bindir: Path | None = None) -> tuple[int, int]:
     """(major, minor) of the psql in use; a development build such as ``18beta1`` gives (18, 0)."""
-    text = client_version("psql", bindir)
+    try:
+        text = client_version("psql", bindir)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        where = f"in PG_BIN_DIR ({bindir})" if bindir else "on PATH"
+        raise PostgresError(f"psql --version: no working psql {where} ({exc}). Fix: install the PostgreSQL "
+                            "client, or point PG_BIN_DIR at a bin folder that has psql.") from None
     m = re.match(r"(\d+)(?:\.(\d+))?", text)
     if not m:
         raise PostgresError(f"psql --version: cannot read the version from {text!r}")

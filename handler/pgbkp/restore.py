@@ -193,10 +193,10 @@ def parse_at(text: str, config: Config) -> datetime:
 def parse_key(text: str, conn: Connection, database: str | None) -> tuple[str, str]:
     """``--key``: ``s3://bucket/key``, or a key in the database's (else the connection's) bucket."""
     if text.startswith("s3://"):
-        bucket, _, key = text[5:].partition("/")
-        if not bucket or not key:
+        named, _, key = text[5:].partition("/")
+        if not named or not key:
             raise ConfigError(f"--key {text!r}: not s3://bucket/key")
-        return bucket, key
+        return named, key
     bucket = conn.bucket_for(database) if database else conn.bucket
     if not bucket:
         raise ConfigError(f"--key {text!r}: no bucket known for it. Fix: give s3://bucket/key, or --database.")
@@ -447,14 +447,14 @@ def verify(config: Config, connection: Connection | str | int, databases: Sequen
         msg = redact(str(exc))
         return [VerifyResult(conn.name, d, error=msg) for d in (databases or ["*"])]
     for db in databases or sorted(latest):
-        ref = latest.get(db)
+        found = latest.get(db)
         result = VerifyResult(conn.name, db)
         results.append(result)
-        if ref is None:
+        if found is None:
             result.error = f"verify {db!r} ({conn.name}): no backup found in {_where(config, conn, db)}"
             log.error("%s", result.error)
             continue
-        _verify_one(config, conn, ref, server, storage, result, on_progress, on_start)
+        _verify_one(config, conn, found, server, storage, result, on_progress, on_start)
     return results
 
 
@@ -467,6 +467,7 @@ def _verify_one(config: Config, conn: Connection, ref: BackupRef, server: PgTarg
     result.taken = ref.taken.isoformat(timespec="minutes") if ref.taken else None
     result.scratch_database = scratch.database
     result.scratch_server = f"{scratch.user}@{scratch.host}:{scratch.port}"
+    ours = True  # the random name did not exist before (a TargetError says it did: not ours to drop)
     try:
         restored = restore_backup(
             config, ref, scratch, create=True, storage=storage, connection=conn,
@@ -477,11 +478,13 @@ def _verify_one(config: Config, conn: Connection, ref: BackupRef, server: PgTarg
         result.tables, result.rows, result.restored_size = stats.tables, stats.rows, stats.size
         result.status = "ok"
     except Exception as exc:
+        ours = not isinstance(exc, TargetError)
         result.error = redact(str(exc) if isinstance(exc, RestoreError | StorageError | postgres.PostgresError)
                               else f"verify {ref.url}: {type(exc).__name__}: {exc}")
     finally:
         try:
-            postgres.drop_database(scratch, scratch.database, bindir=config.pg_bindir)
+            if ours:
+                postgres.drop_database(scratch, scratch.database, bindir=config.pg_bindir)
         except postgres.PostgresError as exc:
             result.status = "failed"
             note = f"could not drop scratch database {scratch.database!r}: {redact(str(exc))}"

@@ -110,7 +110,7 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             bar.close()
     except KNOWN_ERRORS as exc:
         return _fail(exc)
-    rate = human(result.rate) + "/s"
+    rate = human(round(result.rate)) + "/s"
     print(f"restored {backup.url} into {result.target}: {human(result.object_bytes)} read, "
           f"{human(result.sql_bytes)} of SQL, {result.seconds:.1f}s ({rate}); "
           f"checked: {', '.join(result.checks)}")
