@@ -376,14 +376,19 @@ class RestoreSession:
         with contextlib.suppress(OSError):
             self._stdin.close()
 
+    def close(self) -> None:
+        """Abort unless committed, and release the pipes."""
+        if not self._done:
+            self.abort()
+        self._stderr.text()  # psql has exited: let the drain thread reach EOF before its pipe closes
+        if self._proc.stderr is not None:
+            self._proc.stderr.close()
+
     def __enter__(self) -> RestoreSession:
         return self
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if not self._done:
-            self.abort()
-        if self._proc.stderr is not None:
-            self._proc.stderr.close()
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _STATS_SQL = f"""SELECT

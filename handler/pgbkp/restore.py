@@ -316,7 +316,7 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, creat
     if storage is None:
         conn = connection or config.connection(backup.connection)
         storage = S3Storage(conn.s3)
-    shown = f"{target.user}@{target.host}:{target.port}/{db}"
+    shown = target.display
     result = RestoreResult(backup, shown)
     psql = postgres.psql_version(bindir)
     check_target(target, create=create, force=force, bindir=bindir)
@@ -365,6 +365,8 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, creat
         raise explained from exc
     finally:
         download.close()
+        if session is not None:
+            session.close()
     result.object_bytes = hashing.bytes_read
     result.seconds = round(time.monotonic() - started, 3)
     log.info("restored %s into %s: %d bytes read, %d bytes of SQL, %.1fs", backup.url, shown,
