@@ -17,6 +17,7 @@ import pyzipper
 from Cryptodome.Protocol.KDF import PBKDF2
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from pgbkp.archive import (
     ArchiveError,
     ArchiveStats,
@@ -28,7 +29,6 @@ from pgbkp.archive import (
     crc32_combine,
     iter_member,
 )
-
 from tests.bench.bench_archive import make_corpus
 
 BLOCK = 64 * 1024

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pgbkp.archive import ZipStreamWriter, iter_member
 
+from pgbkp.archive import ZipStreamWriter, iter_member
 from tests.bench.bench_archive import make_corpus
 
 NAME = "backup ção ☃ 日本.sql"

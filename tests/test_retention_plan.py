@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from pgbkp.retention import Backup, Decision, Plan, Policy, local_today, plan
 
 

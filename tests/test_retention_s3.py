@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from pgbkp import config, keys, pipeline
 from pgbkp.storage.memory import MemoryStorage
 from pgbkp.storage.s3 import S3Storage
-
 from tests.helpers import all_keys, make_bucket, pending_uploads, run_cli, s3_client
 from tests.servers import PgCluster, S3Server
 

@@ -44,8 +44,10 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def print_summary(result: Any, out: Any = None) -> None:
-    """Per-database summary: database, bucket/key, raw bytes, object bytes, seconds, status."""
+def print_summary(result: Any, out: Any = None, *, errors: bool = True) -> None:
+    """Per-database summary: database, bucket/key, raw bytes, object bytes, seconds, status.
+
+    ``errors=False`` when the text log on the console has already shown each error once."""
     out = out or sys.stdout
     rows = []
     for r in result.results:
@@ -57,7 +59,7 @@ def print_summary(result: Any, out: Any = None) -> None:
     if rows:
         print(table(rows, ["database", "object", "dumped", "stored", "seconds", "status"]), file=out)
     for r in result.results:
-        if r.error:
+        if r.error and errors:
             print(f"error: {r.connection}/{r.database}: {r.error}", file=sys.stderr)
         for a in r.retention:
             if a.action == "delete":
@@ -75,8 +77,14 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
         print(json.dumps({"ok": result.ok, "results": [r.as_dict() for r in result.results]}, indent=2,
                          ensure_ascii=False))
     else:
-        print_summary(result)
+        print_summary(result, errors=console_format(config) == "json")
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def console_format(config: Config | None) -> str:
+    """The console log format in effect: LOG_FORMAT, else text on a terminal and JSON elsewhere."""
+    chosen = config.log_format if config else None
+    return chosen or ("text" if sys.stderr.isatty() else "json")
 
 
 def _progress_observer() -> Any:
@@ -135,8 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
     try:
-        config = load()
-        logs.setup(config.log_level, os.environ.get("LOG_FORMAT") or None)
+        config = load() if getattr(args, "needs_config", True) else None
+        logs.setup(config.log_level if config else "INFO", console_format(config))
         code = int(args.func(config, args))
     except ConfigError as exc:
         print(f"pgbkp: configuration error: {redact(str(exc))}", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 import time
@@ -306,8 +307,10 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     return runner.serve()
 
 
-def cmd_health(config: Config, args: argparse.Namespace) -> int:
-    path = args.file or config.env.get("HEALTH_FILE", "").strip() or health.DEFAULT_HEALTH_FILE
+def cmd_health(config: Config | None, args: argparse.Namespace) -> int:
+    """Needs no valid configuration: a health check must answer 0 or 1, never 2 (Docker reserves it)."""
+    env = config.env if config else os.environ
+    path = args.file or env.get("HEALTH_FILE", "").strip() or health.DEFAULT_HEALTH_FILE
     try:
         status = health.read(path)
     except FileNotFoundError:
@@ -335,4 +338,4 @@ def register(subparsers: Any) -> None:
         "no run succeeded within two schedule periods.")
     h.add_argument("--file", metavar="PATH", help="status file (default: HEALTH_FILE or "
                    f"{health.DEFAULT_HEALTH_FILE})")
-    h.set_defaults(func=cmd_health)
+    h.set_defaults(func=cmd_health, needs_config=False)
