@@ -279,11 +279,16 @@ def create_database(target: PgTarget, database: str, *, bindir: Path | None = No
             bindir=bindir, operation=f"create database {database!r} on")
 
 
+def server_version_num(target: PgTarget, *, bindir: Path | None = None) -> int:
+    """The server's version as a number, e.g. 150018 for 15.18."""
+    rows = run_sql(target, "SHOW server_version_num", database="postgres", bindir=bindir,
+                   operation="read the version of")
+    return int(rows[0][0])
+
+
 def drop_database(target: PgTarget, database: str, *, bindir: Path | None = None) -> None:
     """DROP DATABASE IF EXISTS; WITH (FORCE) on 13+ so a session killed a moment ago cannot block it."""
-    version = run_sql(target, "SHOW server_version_num", database="postgres", bindir=bindir,
-                      operation=f"drop database {database!r} on")
-    force = " WITH (FORCE)" if int(version[0][0]) >= 130000 else ""
+    force = " WITH (FORCE)" if server_version_num(target, bindir=bindir) >= 130000 else ""
     run_sql(target, f"DROP DATABASE IF EXISTS {quote_ident(database)}{force}", database="postgres",
             bindir=bindir, operation=f"drop database {database!r} on")
 

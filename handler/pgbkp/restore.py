@@ -35,6 +35,20 @@ READ_CHUNK = 1 << 20
 #: psql learnt ``\restrict`` in these minor releases (August 2025); every 18 has it.
 RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
 _RESTRICT_LINE = re.compile(rb"^\\restrict\s", re.MULTILINE)
+#: pg_dump 17+ writes this into the header of every dump, whatever the source server; servers before 17
+#: reject the setting, which ON_ERROR_STOP turns into a failed restore.
+_TRANSACTION_TIMEOUT = re.compile(rb"^SET transaction_timeout = 0;\n", re.MULTILINE)
+HEADER_BYTES = 65536
+
+
+def adapt_header(first: bytes, server_version_num: int) -> bytes:
+    """Drop the header's ``SET transaction_timeout`` for a target older than 17, which has no such setting.
+
+    Only the header (first 64 KiB of the dump) is looked at; table data is never rewritten."""
+    if server_version_num >= 170000:
+        return first
+    head, rest = first[:HEADER_BYTES], first[HEADER_BYTES:]
+    return _TRANSACTION_TIMEOUT.sub(b"", head, count=1) + rest
 
 
 class RestoreError(Exception):
@@ -343,7 +357,7 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, creat
             postgres.create_database(target, db, bindir=bindir)
             created = True
         session = postgres.RestoreSession(target, db, bindir=bindir)
-        session.write(first)
+        session.write(adapt_header(first, postgres.server_version_num(target, bindir=bindir)))
         for chunk in chunks:
             session.write(chunk)
         hashing.drain()

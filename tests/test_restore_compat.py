@@ -1,0 +1,49 @@
+"""The image's pg_dump 18 against an older server, restored with pgbkp restore into that older server.
+
+pg_dump 17+ writes ``SET transaction_timeout = 0;`` into every dump's header; servers before 17 reject
+it, so an ON_ERROR_STOP restore would fail on its third line. Restore drops that one header line for
+such targets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pgbkp import restore
+from tests.helpers import all_keys, dump_sql, make_bucket, run_cli, s3_client
+from tests.servers import PgCluster, S3Server
+from tests.test_layer_binaries import layer  # noqa: F401 - fixture: builds the layer once
+
+HEADER = (b"\\restrict abc\n\nSET statement_timeout = 0;\nSET lock_timeout = 0;\n"
+          b"SET transaction_timeout = 0;\nSET client_encoding = 'UTF8';\n")
+
+
+def test_adapt_header_only_for_servers_before_17() -> None:
+    assert b"transaction_timeout" not in restore.adapt_header(HEADER, 150018)
+    assert restore.adapt_header(HEADER, 170000) == HEADER
+    late = b"x" * (restore.HEADER_BYTES + 10) + b"\nSET transaction_timeout = 0;\n"
+    assert restore.adapt_header(late, 150018) == late  # table data is never rewritten
+
+
+def test_pg_dump_18_backup_restores_into_a_15_server(pg: PgCluster, s3: S3Server, layer: Path) -> None:  # noqa: F811
+    source, target = "compat_src", "compat_dst"
+    for name in (source, target):
+        pg.drop_database(name)
+    pg.create_database(source)
+    pg.psql("CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 1000) g", source)
+    bucket = make_bucket(s3)
+    env = {**s3.env(), "PG_URLS": f"compat|bucket={bucket}|{pg.url()}", "PG_BIN_DIR": str(layer / "bin"),
+           "LD_LIBRARY_PATH": str(layer / "lib")}
+    try:
+        res = run_cli(["backup", "--database", source], env)
+        assert res.returncode == 0, res.stderr
+        [key] = all_keys(s3, bucket)
+        assert s3_client(s3).head_object(Bucket=bucket, Key=key)["Metadata"]["pg-dump-version"].startswith("18.")
+        env.pop("PG_BIN_DIR")  # restore with the machine's psql 15, into the 15 server
+        res = run_cli(["restore", "-c", "compat", "-d", source, "--latest", "--target-url", pg.url(target),
+                       "--create"], env)
+        assert res.returncode == 0, res.stderr
+        assert dump_sql(pg, target) == dump_sql(pg, source)
+    finally:
+        pg.drop_database(source)
+        pg.drop_database(target)
