@@ -269,6 +269,9 @@ def handle(event: object, context: Any = None, *, config: Config | None = None,
     results: list[DatabaseResult] = []
     handed_off: list[dict[str, Any]] = []
     for conn in connections:
+        if edge.should_stop():  # do not even connect to list the databases of what will not run
+            results.append(DatabaseResult(conn.name, "*", error="not started: the run was asked to stop"))
+            continue
         with edge.scope({"connection": conn.name}):
             try:
                 done, deferred = _backup_connection(config, conn, request.databases, context, edge)

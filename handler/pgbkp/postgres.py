@@ -103,7 +103,8 @@ def run_sql(target: PgTarget, sql: str, *, database: str | None = None, bindir: 
     out = subprocess.run(cmd, capture_output=True, env=_env(target), check=False)
     if out.returncode != 0:
         err = out.stderr.decode("utf-8", "replace")
-        kind = ConnectError if "connection to server" in err or "password" in err else PostgresError
+        connect = re.search(r"connection to server|password authentication failed|no password supplied", err)
+        kind = ConnectError if connect else PostgresError
         raise kind(explain(err, target, operation))
     rows = out.stdout.decode("utf-8").removesuffix("\n").split("\x1e")
     return [r.split("\x1f") for r in rows if r != ""]
