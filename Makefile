@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 .PHONY: help install system-deps test test-slow lint layer build invoke deploy demo bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 system-deps: ## apt packages the tests and demo need (installed when root)
 	@bash .ci/system-deps.sh
@@ -30,22 +30,29 @@ test: system-deps install layer ## run the whole suite against real PostgreSQL, 
 test-slow: system-deps install layer ## the slow checks kept out of `make test` (ZIP64 > 4 GiB, soak)
 	$(VENV)/bin/pytest -q -m slow $(PYTEST_ARGS)
 
-lint: install ## ruff, mypy, and the template/Dockerfile linters (sam validate --lint, cfn-lint, hadolint)
+lint: system-deps install ## ruff, mypy, and the deployment linters (sam validate --lint, cfn-lint, hadolint)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy handler/pgbkp
 	bash .ci/lint-infra.sh
 
 layer: ## build the PostgreSQL 18 client layer into layers/postgresql (bin/, lib/)
 	bash layers/build.sh
 
-build: layer ## sam build (needs a Docker engine)
-	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "make build needs a running Docker engine (sam build --use-container builds the image)"; exit 1; }
-	$(VENV)-lint/bin/sam build
+SAM := $(VENV)-lint/bin/sam
+DOCKER_CHECK := docker info >/dev/null 2>&1 || { echo "this target needs a running Docker engine: sam builds the image with it"; exit 1; }
 
-invoke: build ## sam local invoke with EVENT=events/connection-by-name.json (needs Docker)
-	$(VENV)-lint/bin/sam local invoke -e $${EVENT:-events/connection-by-name.json}
+$(SAM):
+	bash .ci/lint-infra.sh
+
+build: layer $(SAM) ## sam build: the Lambda container image (needs a Docker engine)
+	@$(DOCKER_CHECK)
+	$(SAM) build
+
+invoke: build ## sam local invoke BackupFunction, EVENT=events/connection-by-name.json by default (needs Docker)
+	$(SAM) local invoke BackupFunction -e $${EVENT:-events/connection-by-name.json}
 
 deploy: build ## sam deploy --guided (needs Docker and AWS credentials)
-	$(VENV)-lint/bin/sam deploy --guided
+	$(SAM) deploy --guided
 
 demo: system-deps install ## throwaway PostgreSQL + S3 server: back up, list, restore, show the result
 	$(PY) -m tests.demo
@@ -55,5 +62,5 @@ bench: system-deps install ## benchmark against pg_dump > /dev/null and the naiv
 
 clean: ## remove the venvs, caches and built layer
 	rm -rf $(VENV) $(VENV)-lint .pytest_cache .ruff_cache .mypy_cache .hypothesis .aws-sam build dist
+	rm -rf layers/postgresql layers/.cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
-	bash layers/build.sh --clean 2>/dev/null || true

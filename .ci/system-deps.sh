@@ -9,6 +9,7 @@ have unzip    || need+=(unzip)
 have openssl  || need+=(openssl)
 have runuser  || need+=(util-linux)
 have docker-compose || need+=(docker-compose)
+have shellcheck || need+=(shellcheck)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql postgresql-client)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi

@@ -67,8 +67,11 @@ def main() -> int:
         run(["list"], env)
 
         step("restoring the latest backup of 'shop' into a new database 'shop_restored'")
-        run(["restore", "--connection", "demo", "--database", "shop", "--latest",
-             "--target-url", pg.url("shop_restored"), "--create"], env)
+        # No password in the URL (it would show in `ps`): same server and user as the connection, so
+        # restore takes the connection's; PGPASSWORD would serve for another server.
+        target = f"postgresql://{pg.user}@127.0.0.1:{pg.port}/shop_restored"
+        run(["restore", "--connection", "demo", "--database", "shop", "--latest", "--target-url", target,
+             "--create"], env)
 
         step("checking the restore")
         rows = pg.psql("SELECT (SELECT count(*) FROM customers) || ' customers, ' || "

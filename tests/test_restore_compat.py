@@ -47,3 +47,13 @@ def test_pg_dump_18_backup_restores_into_a_15_server(pg: PgCluster, s3: S3Server
     finally:
         pg.drop_database(source)
         pg.drop_database(target)
+
+
+def test_target_password_never_needs_to_be_in_argv(pg: PgCluster, monkeypatch) -> None:
+    bare = f"postgresql://{pg.user}@127.0.0.1:{pg.port}/somewhere"
+    conn_pg = restore.parse_url(pg.url(), "test")
+    assert restore.parse_target(bare, env={}, fallback=conn_pg).password == conn_pg.password
+    other = restore.parse_target(bare.replace("127.0.0.1", "localhost"), env={"PGPASSWORD": "from-env"},
+                                 fallback=conn_pg)
+    assert other.password is not None and other.password.reveal() == "from-env"
+    assert restore.parse_target(bare.replace("127.0.0.1", "localhost"), env={}, fallback=conn_pg).password is None

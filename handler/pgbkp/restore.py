@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 from pgbkp import keys, postgres
 from pgbkp.archive import ArchiveError, CorruptArchiveError, MemberReader, WrongPasswordError
 from pgbkp.config import Config, ConfigError, Connection, PgTarget, parse_url
-from pgbkp.redact import redact
+from pgbkp.redact import Secret, redact
 from pgbkp.storage import Download, Storage, StorageError
 from pgbkp.storage.s3 import S3Storage
 
@@ -281,15 +282,31 @@ class _HashingReader:
             pass
 
 
-def parse_target(url: str) -> PgTarget:
-    """The --target-url; it must name its database, so nobody restores into ``postgres`` by accident."""
+def parse_target(url: str, *, env: Mapping[str, str] | None = None, fallback: PgTarget | None = None) -> PgTarget:
+    """The --target-url; it must name its database, so nobody restores into ``postgres`` by accident.
+
+    The URL need not carry a password, which would show in ``ps``: without one, the password comes from
+    PGPASSWORD, else from the connection when the target is the same server and user.
+    """
     target = parse_url(url, "--target-url")
     try:
         path = urllib.parse.urlsplit(url).path.strip("/")
     except ValueError:
         path = ""
     if not path:
-        raise ConfigError("--target-url: it names no database. Fix: postgres://user:pass@host:5432/TARGET_DB")
+        raise ConfigError("--target-url: it names no database. Fix: postgres://user@host:5432/TARGET_DB")
+    return with_password(target, env, fallback)
+
+
+def with_password(target: PgTarget, env: Mapping[str, str] | None, fallback: PgTarget | None) -> PgTarget:
+    if target.password is not None:
+        return target
+    password = (os.environ if env is None else env).get("PGPASSWORD", "")
+    if password:
+        return replace(target, password=Secret(password))
+    if fallback is not None and (fallback.host, fallback.port, fallback.user) == (target.host, target.port,
+                                                                                    target.user):
+        return replace(target, password=fallback.password)
     return target
 
 
@@ -452,7 +469,8 @@ def verify(config: Config, connection: Connection | str | int, databases: Sequen
     """
     conn = _connection(config, connection)
     storage = storage or S3Storage(conn.s3)
-    server = parse_url(scratch_url, "--scratch-url") if scratch_url else conn.pg
+    server = (with_password(parse_url(scratch_url, "--scratch-url"), config.env, conn.pg) if scratch_url
+              else conn.pg)
     results: list[VerifyResult] = []
     try:
         latest: dict[str, BackupRef] = {}

@@ -97,7 +97,7 @@ def _one_connection(config: Config, name: str | None) -> Connection:
 def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     conn = _one_connection(config, args.connection)
     at = restore.parse_at(args.at, config) if args.at else None
-    target = restore.parse_target(args.target_url)
+    target = restore.parse_target(args.target_url, env=config.env, fallback=conn.pg)
     bar = _Bar(f"restore {target.database}")
     try:
         backup = restore.select_backup(config, conn, args.database, at=at, key=args.key)
@@ -183,7 +183,9 @@ def register(subparsers: Any) -> None:
                       "time (TIMEZONE)")
     pick.add_argument("--key", metavar="KEY", help="exactly this object: a key, or s3://bucket/key")
     r.add_argument("--target-url", required=True, metavar="postgres://...",
-                   help="where to restore; its database is the target and nothing else is touched")
+                   help="where to restore; its database is the target and nothing else is touched. Leave the "
+                   "password out (it would show in ps): it comes from PGPASSWORD, or from the connection "
+                   "when the target is the same server and user")
     r.add_argument("--create", action="store_true", help="create the target database (it must not exist)")
     r.add_argument("--force", action="store_true", help="restore even if the target database is not empty")
     r.set_defaults(func=cmd_restore)
