@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pgbkp import redact
 from tests.servers import PgCluster, S3Server, temp_root
 
 
@@ -35,3 +36,15 @@ def s3(s3_server: S3Server) -> S3Server:
     """The S3 server, emptied before the test."""
     s3_server.reset()
     return s3_server
+
+
+@pytest.fixture
+def forget_test_secrets() -> Iterator[None]:
+    """config.load() registers every password with the process-wide redactor. Tests that use ordinary
+    words ("pass", "postgres") as passwords take this, so later tests' messages are not scrubbed."""
+    with redact._lock:
+        saved = set(redact._known)
+    yield
+    with redact._lock:
+        redact._known.clear()
+        redact._known.update(saved)

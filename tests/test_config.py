@@ -7,28 +7,18 @@ from __future__ import annotations
 
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pgbkp import config, postgres, redact
+from pgbkp import config, postgres
 from pgbkp.config import Config, ConfigError, load
 from tests.servers import HOSTILE_PASSWORD, PgCluster
 
 URL = "postgres://user:pw@db.example.com:5432/postgres"
 
 
-@pytest.fixture(autouse=True)
-def _forget_test_secrets() -> Iterator[None]:
-    """load() registers every password with the process-wide redactor; these tests use ordinary words
-    ("pass", "postgres") as passwords, which must not be scrubbed from later tests' messages."""
-    with redact._lock:
-        saved = set(redact._known)
-    yield
-    with redact._lock:
-        redact._known.clear()
-        redact._known.update(saved)
+pytestmark = pytest.mark.usefixtures("forget_test_secrets")
 
 
 def one(pg_urls: str, **env: str) -> config.Connection:

@@ -9,12 +9,10 @@ nor any 4-character piece of it.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
-from pgbkp import redact
 from pgbkp.config import ConfigError, load
 
 #: Distinctive: none of its 4-character pieces occurs in an ordinary message.
@@ -27,16 +25,7 @@ RAW = "Kx7Qv{}Zr9WpJ"
 S3_SECRET = "Vq3Ts9Lm2Np8Hb6"
 
 
-@pytest.fixture(autouse=True)
-def _forget_test_secrets() -> Iterator[None]:
-    """load() registers every password with the process-wide redactor; these tests use ordinary words
-    ("pass", "postgres") as passwords, which must not be scrubbed from later tests' messages."""
-    with redact._lock:
-        saved = set(redact._known)
-    yield
-    with redact._lock:
-        redact._known.clear()
-        redact._known.update(saved)
+pytestmark = pytest.mark.usefixtures("forget_test_secrets")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import pytest
 from pgbkp import handler_core, keys, lambda_function, settings_secrets
 from pgbkp.config import ConfigError
 from pgbkp.handler_core import BackupFailedError, Edge, EventError
-from pgbkp.pipeline import DatabaseResult, Job
+from pgbkp.pipeline import DatabaseResult, Job, NullObserver
 from tests.fakes import FakeLambdaClient, FakeLambdaContext
 from tests.servers import PgCluster, S3Server
 
@@ -258,16 +258,7 @@ def test_a_stop_request_leaves_the_rest_not_started(env: dict[str, str], s3: S3S
     """The local runner's shutdown: the database in flight finishes or aborts, nothing new starts."""
     stop = {"now": False}
 
-    class StopAfterFirst:
-        def started(self, job: Job) -> None:
-            pass
-
-        def dumped(self, job: Job, n: int) -> None:
-            pass
-
-        def uploaded(self, job: Job, n: int) -> None:
-            pass
-
+    class StopAfterFirst(NullObserver):
         def finished(self, job: Job, result: DatabaseResult) -> None:
             stop["now"] = True
 

@@ -135,6 +135,21 @@ def client_version(name: str = "pg_dump", bindir: Path | None = None) -> str:
     return out.stdout.strip().split(") ", 1)[-1] if ") " in out.stdout else out.stdout.strip()
 
 
+def _spawn(cmd: list[str], target: PgTarget, *, feed: bool) -> subprocess.Popen[bytes]:
+    """Start a client tool in its own process group, streaming through a 1 MiB pipe: we write its stdin
+    (``feed``) or read its stdout. Big pipes mean few wake-ups for the Python side."""
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL if feed else subprocess.PIPE, stderr=subprocess.PIPE,
+        env=_env(target), bufsize=0, start_new_session=True,
+    )
+    stream = proc.stdin if feed else proc.stdout
+    if stream is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
+    return proc
+
+
 class _StderrTail:
     """Drain a child's stderr on a thread (so it can never block on a full pipe), keeping the tail."""
 
@@ -164,13 +179,8 @@ class DumpStream:
         self.database = database
         self._target = target
         cmd = [tool("pg_dump", bindir), "-F", "p", "--no-password", *extra_args, "-d", target.conninfo(database)]
-        self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=_env(target), bufsize=0, start_new_session=True,
-        )
+        self._proc = _spawn(cmd, target, feed=False)
         assert self._proc.stdout is not None and self._proc.stderr is not None
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self._proc.stdout.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
         self._fd = self._proc.stdout.fileno()
         self._stderr = _StderrTail(self._proc.stderr)
         self._done = False
@@ -331,13 +341,8 @@ class RestoreSession:
         self._target = target
         cmd = [tool("psql", bindir), "-X", "-q", "--no-password", "--single-transaction", "-v", "ON_ERROR_STOP=1",
                "-f", "-", "-d", target.conninfo(database)]
-        self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env=_env(target), bufsize=0, start_new_session=True,
-        )
+        self._proc = _spawn(cmd, target, feed=True)
         assert self._proc.stdin is not None and self._proc.stderr is not None
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
         self._stdin = self._proc.stdin
         self._stderr = _StderrTail(self._proc.stderr)
         self._done = False
