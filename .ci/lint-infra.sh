@@ -46,7 +46,7 @@ run "sam validate --lint" "$venv/bin/sam" validate --lint --template template.ya
 run "cfn-lint" "$venv/bin/cfn-lint" template.yaml
 run "hadolint" "$venv/bin/hadolint" Dockerfile
 if command -v shellcheck >/dev/null; then
-  run "shellcheck" shellcheck layers/build.sh .ci/lint-infra.sh
+  run "shellcheck" shellcheck layers/build.sh .ci/lint-infra.sh .ci/system-deps.sh .ci/run
 else
   echo "lint-infra: shellcheck not installed, skipped (apt-get install shellcheck)" >&2
 fi
