@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 
@@ -9,6 +10,17 @@ import pytest
 
 from pgbkp import redact
 from tests.servers import PgCluster, S3Server, temp_root
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """In CI a skipped test is a failure (restic's SkipDisallowed): a suite that quietly skips its
+    real-server tests proves nothing."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which is not allowed: {report.longrepr}"
 
 
 @pytest.fixture(scope="session")

@@ -157,9 +157,8 @@ def test_upload_commit_round_trip(backend: Backend, size: int) -> None:
     dl.close()
 
 
+@pytest.mark.parametrize("backend", ["s3"], indirect=True)  # parts are an S3 notion
 def test_multipart_uses_more_than_three_parts(backend: Backend) -> None:
-    if backend.name != "s3":
-        pytest.skip("parts are an S3 notion")
     up = backend.storage.upload(backend.bucket, "k")
     write_all(up, os.urandom(3 * PART + 1))
     assert isinstance(up, S3Upload)
