@@ -96,6 +96,8 @@ class Run:
     box_busy: float = 0.0  # whole machine: fraction of all CPUs busy during the run
     foreign: float = 0.0  # cores used by processes that are not part of the bench
     bench_cpu: float = 0.0  # CPU seconds of everything in the bench (clients, PostgreSQL, S3 server)
+    head_s: float = 0.0  # ours: start to pg_dump started (interpreter, imports, listing, bucket check)
+    tail_s: float = 0.0  # ours: pg_dump gone to exit (last blocks, completing the upload, retention)
     threads: int | None = None
 
     @property
@@ -177,11 +179,15 @@ class ProcessWatch:
     """The last values seen in /proc for a running process: per-thread CPU, children, io."""
 
     pid: int
+    started: float = 0.0
     thread_cpu: dict[int, float] = field(default_factory=dict)
     child_cpu: dict[int, float] = field(default_factory=dict)
     write_bytes: int = 0
     vm_hwm_kb: int = 0
     child_hwm_kb: int = 0
+    dump_first_seen: float = 0.0  # perf_counter when a pg_dump child was first / last seen alive
+    dump_last_seen: float = 0.0
+    ended: float = 0.0
 
     def sample(self) -> None:
         base = Path(f"/proc/{self.pid}")
@@ -195,6 +201,11 @@ class ProcessWatch:
                 cpu = _stat_cpu(Path(f"/proc/{child}/stat"))
                 if cpu is not None:
                     self.child_cpu[int(child)] = cpu
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{child}/comm").read_text().strip() == "pg_dump":
+                        now = time.perf_counter()
+                        self.dump_first_seen = self.dump_first_seen or now
+                        self.dump_last_seen = now
                 self.child_hwm_kb = max(self.child_hwm_kb, _hwm_kb(Path(f"/proc/{child}")))
         with contextlib.suppress(OSError):
             io = dict(line.split(": ") for line in (base / "io").read_text().splitlines())
@@ -221,6 +232,7 @@ def run_watched(cmd: list[str], env: dict[str, str], *, on_start: Callable[[int]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     watch = ProcessWatch(proc.pid)
+    watch.started = started
     out: dict[str, bytes] = {}
 
     def drain(name: str, stream: Any) -> None:
@@ -237,7 +249,8 @@ def run_watched(cmd: list[str], env: dict[str, str], *, on_start: Callable[[int]
             break
         watch.sample()
         time.sleep(interval)
-    seconds = time.perf_counter() - started
+    watch.ended = time.perf_counter()
+    seconds = watch.ended - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     for r in readers:
         r.join()
@@ -314,7 +327,8 @@ class Bench:
         if run.approach.startswith("ours"):
             extra = (f"  peak RSS {run.peak_rss_kb / 1024:.0f} MiB (pg_dump {run.child_peak_rss_kb / 1024:.0f}), "
                      f"disk writes {run.disk_write_bytes} B, "
-                     f"main thread {run.main_cpu / run.seconds:.0%} busy")
+                     f"main thread {run.main_cpu / run.seconds:.0%} busy, before pg_dump {run.head_s:.1f}s, "
+                     f"after {run.tail_s:.1f}s")
         if run.stages:
             extra += "  (" + ", ".join(f"{k} {v:.1f}s" for k, v in run.stages.items()) + ")"
         log(f"  {run.approach:<14} {run.database:<12} {run.seconds:7.2f}s {run.mb_s:7.1f} MB/s  "
@@ -377,6 +391,9 @@ class Bench:
                   other_threads_cpu=sum(c for t, c in watch.thread_cpu.items() if t != watch.pid),
                   child_cpu=sum(watch.child_cpu.values()), box_busy=box.busy, foreign=box.foreign,
                   bench_cpu=box.ours, threads=threads)
+        if watch.dump_first_seen:
+            run.head_s = watch.dump_first_seen - watch.started
+            run.tail_s = watch.ended - watch.dump_last_seen
         if result["raw_bytes"] != self.raw[database]:
             raise RuntimeError(f"ours read {result['raw_bytes']} bytes of {database}, pg_dump gives "
                                f"{self.raw[database]}")
@@ -581,6 +598,8 @@ def summarize(bench: Bench, args: argparse.Namespace, prof: Profile | None, info
             "peak_rss_mib": round(max(r.peak_rss_kb for r in runs) / 1024, 1),
             "box_busy": round(median([r.box_busy for r in runs]), 2),
             "foreign": round(median([r.foreign for r in runs]), 2),
+            "head_s": round(median([r.head_s for r in runs]), 2),
+            "tail_s": round(median([r.tail_s for r in runs]), 2),
         })
     ours_runs = by["ours", big]
     small_runs = by["ours", small]
@@ -663,12 +682,12 @@ def print_report(s: dict[str, Any]) -> None:
         log(f"| {r['approach']} | {r['runs']} | {r['seconds']} | {r['mb_s']} | {r['ratio'] or '-'} | "
             f"{r['bench_cpu_s_per_mb']} | {r['box_busy']:.0%} | {r['foreign']} | {stages} |")
     log("\n| COMPRESSION_THREADS | runs | wall s | MB/s | / pg_dump time | CPU s per MB | main thread CPU s per MB"
-        " | peak RSS MiB | box CPU busy | foreign load |")
-    log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        " | peak RSS MiB | box CPU busy | foreign load | before pg_dump s | after pg_dump s |")
+    log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in s["threads_table"]:
         log(f"| {r['threads']} | {r['runs']} | {r['seconds']} | {r['mb_s']} | {r['vs_pg_dump']} | "
             f"{r['cpu_s_per_mb']} | {r['main_cpu_s_per_mb']} | {r['peak_rss_mib']} | {r['box_busy']:.0%} | "
-            f"{r['foreign']} |")
+            f"{r['foreign']} | {r['head_s']} | {r['tail_s']} |")
     log("\nratios: " + ", ".join(f"{k} = {v}" for k, v in s["ratios"].items()))
     log(f"peak RSS (MiB): {s['peak_rss_mib']}; disk bytes written by ours: {s['disk_write_bytes']}; "
         f"left in TMPDIR: {s['tmpdir_bytes']}")
