@@ -27,6 +27,11 @@ from typing import Any, Protocol
 from pyzipper.zipfile import BadZipFile
 from pyzipper.zipfile_aes import AESZipDecrypter, AESZipEncrypter
 
+try:  # zlib-ng deflates the same standard stream about 1.9x faster than zlib, at a slightly better ratio
+    from zlib_ng import zlib_ng as deflate_lib
+except ImportError:  # pragma: no cover - a platform without its wheel still gets correct archives
+    deflate_lib = zlib  # type: ignore[assignment]
+
 __all__ = [
     "ArchiveError",
     "ArchiveStats",
@@ -250,9 +255,9 @@ def _deflate_block(block: bytes, history: bytes, level: int, final: bool) -> tup
     Runs on a pool thread; every call below releases the GIL for large buffers.
     """
     if history:
-        compressor = zlib.compressobj(level, zlib.DEFLATED, -15, zdict=history)
+        compressor = deflate_lib.compressobj(level, zlib.DEFLATED, -15, zdict=history)
     else:
-        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+        compressor = deflate_lib.compressobj(level, zlib.DEFLATED, -15)
     out = compressor.compress(block) + compressor.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
     return out, zlib.crc32(block), len(block)
 
@@ -295,7 +300,7 @@ class ZipStreamWriter:
         self._dos_time, self._dos_date = _dos_datetime(mtime or datetime.now())
         self._encrypter = AESZipEncrypter(password, nbits=256) if password else None
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="zip-deflate") if threads > 1 else None
-        self._serial = None if self._pool else zlib.compressobj(level, zlib.DEFLATED, -15)
+        self._serial = None if self._pool else deflate_lib.compressobj(level, zlib.DEFLATED, -15)
         self._max_in_flight = 2 * threads
         self._pending: collections.deque[Future[tuple[bytes, int, int]]] = collections.deque()
         self._buffer = bytearray()
