@@ -27,7 +27,7 @@ install: $(STAMP) ## create .venv with the package, its `pgbkp` command and the 
 test: system-deps install layer ## run the whole suite against real PostgreSQL, S3 and archive tools
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-slow: system-deps install layer ## the slow checks kept out of `make test` (ZIP64 > 4 GiB, soak)
+test-slow: system-deps install layer ## the slow check kept out of `make test` (a ZIP64 member > 4 GiB)
 	$(VENV)/bin/pytest -q -m slow $(PYTEST_ARGS)
 
 lint: system-deps install ## ruff, mypy, and the deployment linters (sam validate --lint, cfn-lint, hadolint)

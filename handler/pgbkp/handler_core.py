@@ -5,7 +5,7 @@ so that a scheduled run behaves the same in Lambda and in a container. What diff
 :class:`Edge`: in Lambda an ``invoker`` re-invokes this function asynchronously (fan-out, time-budget
 hand-off); without one, everything runs here, one connection after another.
 
-Event contract (also in README.md, "Lambda events"):
+Event contract (also in README.md, "Events"):
 
 ``{"connection": "<name or 0-based index>"}``
     Back up every database of that connection (minus ``ignore=``), each followed by its retention.
@@ -48,7 +48,8 @@ EVENT_KEYS = frozenset({"action", "connection", "databases"})
 ACTIONS = ("backup", "verify")
 #: An EventBridge (rule or Scheduler) event carries these; it means "the schedule fired": fan out.
 SCHEDULED_EVENT_KEYS = frozenset({"source", "detail-type"})
-#: Set by the local runner (and by ``sam local``): fan out in-process even if AWS_LAMBDA_FUNCTION_NAME is set.
+#: Either one set (``sam local`` sets the second) makes the fan-out run in-process even where
+#: AWS_LAMBDA_FUNCTION_NAME is set, so a local invoke never calls real AWS.
 LOCAL_MARKERS = ("PGBKP_LOCAL_RUNNER", "AWS_SAM_LOCAL")
 
 class EventError(ConfigError):
