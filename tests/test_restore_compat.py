@@ -57,3 +57,31 @@ def test_target_password_never_needs_to_be_in_argv(pg: PgCluster, monkeypatch) -
                                  fallback=conn_pg)
     assert other.password is not None and other.password.reveal() == "from-env"
     assert restore.parse_target(bare.replace("127.0.0.1", "localhost"), env={}, fallback=conn_pg).password is None
+
+
+def test_large_objects_do_not_break_the_single_transaction(pg: PgCluster, s3: S3Server) -> None:
+    """pg_dump's BEGIN/COMMIT around large objects must not commit a half restore: here the GRANT at
+    the end fails (its role is gone), and the target must stay exactly as empty as it was."""
+    source, target, role = "lo_src", "lo_dst", "lo_reader"
+    for name in (source, target):
+        pg.drop_database(name)
+    pg.create_database(source)
+    pg.create_database(target)
+    pg.psql(f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role}")
+    pg.psql(f"CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 1000) g; "
+            f"CREATE INDEX t_v ON t (v); SELECT lo_from_bytea(0, 'large object'::bytea); "
+            f"GRANT SELECT ON t TO {role}", source)
+    bucket = make_bucket(s3)
+    env = {**s3.env(), "PG_URLS": f"lo|bucket={bucket}|{pg.url()}"}
+    try:
+        assert run_cli(["backup", "--database", source], env).returncode == 0
+        pg.psql(f"DROP OWNED BY {role}; DROP ROLE {role}", source)
+        res = run_cli(["restore", "-c", "lo", "-d", source, "--latest", "--target-url", pg.url(target)], env)
+        assert res.returncode == 1
+        assert f'role "{role}" does not exist' in res.stderr
+        assert pg.psql("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace", target) == "0"
+        assert pg.psql("SELECT count(*) FROM pg_largeobject_metadata", target) == "0"
+    finally:
+        pg.drop_database(source)
+        pg.drop_database(target)
+        pg.psql(f"DROP ROLE IF EXISTS {role}")

@@ -88,9 +88,11 @@ def explain(stderr: str, target: PgTarget, operation: str) -> str:
 
 
 def _last_line(text: str) -> str:
+    """The first line that states the error (psql prefixes them: ``psql:<stdin>:12: ERROR: ...``),
+    else the last line."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in lines:
-        if ln.startswith(("pg_dump: error:", "psql: error:", "FATAL:", "ERROR:")):
+        if re.search(r"(^|: )(pg_dump: error:|psql: error:|FATAL:|ERROR:)", ln):
             return ln
     return lines[-1] if lines else ""
 

@@ -256,6 +256,68 @@ def restrict_supported(version: tuple[int, int]) -> bool:
     return major >= 18 or (major in RESTRICT_SINCE and minor >= RESTRICT_SINCE[major])
 
 
+class OneTransaction:
+    """Keep a plain dump inside psql's ``--single-transaction``.
+
+    pg_dump wraps each large-object data section in its own ``BEGIN;`` ... ``COMMIT;``. Under
+    ``--single-transaction`` that COMMIT would commit everything before it, and run the rest (indexes,
+    constraints, grants) in autocommit: a failure or a corrupt archive could then leave a half-restored
+    target. This filter drops exactly that pair: the ``BEGIN;`` right after a ``Type: BLOBS`` data header
+    and the next ``COMMIT;`` line, never anything inside COPY data (where a row may read ``BEGIN;``).
+    It works on a stream of chunks, holding back only the last incomplete line.
+    """
+
+    _LINE = re.compile(rb"^(?:COPY .* FROM stdin;|BEGIN;|COMMIT;|-- Data for Name: .*; Type: BLOBS;.*)$",
+                       re.MULTILINE)
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._in_copy = False
+        self._blobs = 0  # 1: a BLOBS header was seen, 2: inside its BEGIN
+        self.dropped = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._carry + chunk
+        cut = data.rfind(b"\n") + 1
+        data, self._carry = data[:cut], data[cut:]
+        out: list[bytes] = []
+        pos = 0
+        while pos < len(data):
+            if self._in_copy:  # COPY data ends at a line that is exactly \.
+                if data.startswith(b"\\.\n", pos):
+                    end = pos
+                else:
+                    hit = data.find(b"\n\\.\n", pos)
+                    end = -1 if hit < 0 else hit + 1
+                if end < 0:
+                    out.append(data[pos:])
+                    break
+                out.append(data[pos:end + 3])
+                pos, self._in_copy = end + 3, False
+                continue
+            m = self._LINE.search(data, pos)
+            if m is None:
+                out.append(data[pos:])
+                break
+            line = m.group()
+            if (line == b"BEGIN;" and self._blobs == 1) or (line == b"COMMIT;" and self._blobs == 2):
+                out.append(data[pos:m.start()])
+                self._blobs = (self._blobs + 1) % 3
+                self.dropped += 1
+            else:
+                out.append(data[pos:m.end() + 1])
+                if line.startswith(b"COPY "):
+                    self._in_copy = True
+                elif line.startswith(b"-- Data for Name:"):
+                    self._blobs = 1
+            pos = m.end() + 1
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        rest, self._carry = self._carry, b""
+        return rest
+
+
 class _HashingReader:
     """Pass reads through, hashing and counting every byte of the object as it flows."""
 
@@ -374,9 +436,11 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, creat
             postgres.create_database(target, db, bindir=bindir)
             created = True
         session = postgres.RestoreSession(target, db, bindir=bindir)
-        session.write(adapt_header(first, postgres.server_version_num(target, bindir=bindir)))
+        one = OneTransaction()
+        session.write(one.feed(adapt_header(first, postgres.server_version_num(target, bindir=bindir))))
         for chunk in chunks:
-            session.write(chunk)
+            session.write(one.feed(chunk))
+        session.write(one.flush())
         hashing.drain()
         result.checks.append("AES authentication code" if hashing.encrypted else "ZIP CRC-32")
         _check_object(backup, download, hashing, result)
