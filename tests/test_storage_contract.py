@@ -470,3 +470,42 @@ def test_too_many_parts_is_a_clear_error(s3: S3Server, bucket: str, monkeypatch:
         write_all(up, os.urandom(3 * PART + 1))
     up.abort()
     assert state(s3, bucket) == ([], [])
+
+
+# --------------------------------------------------------------------------------------------------
+# Two writers on one key (a second scheduler, a same-minute re-run, an hour repeated at the DST change):
+# a failed commit may only ever remove its own object.
+
+
+def _racing_storage(s3: S3Server, bucket: str, when: str) -> S3Storage:
+    """An S3Storage whose metadata copy lets another writer put its own object at the key first
+    (``when="before"``, then the copy fails) or right after (``when="after"``)."""
+    storage = S3Storage(settings_for(s3), abort_timeout=5)
+    real = storage.set_metadata
+    raw = raw_client(s3)
+
+    def racing(b: str, key: str, metadata: Any, size: int, *, if_match: str) -> str:
+        if when == "before":
+            raw.put_object(Bucket=bucket, Key=key, Body=b"the other run's backup")
+            raise StorageError(f"upload s3://{b}/{key}: PreconditionFailed: At least one of the pre-conditions "
+                               "you specified did not hold")
+        etag = real(b, key, metadata, size, if_match=if_match)
+        raw.put_object(Bucket=bucket, Key=key, Body=b"the other run's backup")
+        return etag
+
+    storage.set_metadata = racing  # type: ignore[method-assign]
+    return storage
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_failed_commit_never_deletes_another_writers_object(s3: S3Server, when: str) -> None:
+    bucket = f"race-{uuid.uuid4().hex[:8]}"
+    raw = raw_client(s3)
+    raw.create_bucket(Bucket=bucket)
+    up = _racing_storage(s3, bucket, when).upload(bucket, "db/k.zip")
+    write_all(up, os.urandom(2 * PART + 7))
+    with pytest.raises(StorageError):
+        up.commit()
+    body = raw.get_object(Bucket=bucket, Key="db/k.zip")["Body"].read()
+    assert body == b"the other run's backup"
+    assert raw.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

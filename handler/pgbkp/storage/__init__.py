@@ -28,6 +28,7 @@ class ObjectInfo:
     size: int
     last_modified: datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    etag: str | None = None
 
     @property
     def url(self) -> str:

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -110,6 +110,16 @@ def make_client(settings: S3Settings) -> Any:
     return client
 
 
+def _quote(etag: str) -> str:
+    return f'"{etag}"'
+
+
+def _multipart_etag(part_etags: Sequence[str]) -> str:
+    """The ETag S3 gives a completed multipart object: MD5 of the parts' MD5s, then ``-N``."""
+    digest = hashlib.md5(b"".join(bytes.fromhex(e.strip('"')) for e in part_etags))  # noqa: S324
+    return _quote(f"{digest.hexdigest()}-{len(part_etags)}")
+
+
 class S3Upload:
     """Stream bytes into one object: one PUT if small, else a multipart upload with parts in flight
     on a few threads. Memory is bounded by about ``(concurrency + 1) x part size`` plus one write.
@@ -140,7 +150,10 @@ class S3Upload:
         # CompleteMultipartUpload): from then on a failed commit must remove what may have landed,
         # but never an older object that was already under the key (its ETag is kept to tell them apart).
         self._final_sent = False
-        self._prior_etag: str | None = None
+        #: ETags of objects this upload itself put under the key: only these may ever be deleted by a
+        #: failed commit. Another run writing the same key (a second scheduler, a same-minute re-run,
+        #: an hour repeated at the DST change) must never lose its object to our cleanup.
+        self._own_etags: set[str] = set()
         self.bytes_written = 0
 
     @property
@@ -221,9 +234,10 @@ class S3Upload:
             if self._upload_id is None:
                 body = bytes(self._buf)
                 self._buf = bytearray()
-                self._before_landing()
-                self._client.put_object(Bucket=self.bucket, Key=self.key, Body=body, Metadata=final,
-                                        ContentType="application/zip")
+                self._before_landing(_quote(hashlib.md5(body).hexdigest()))  # noqa: S324 - S3's ETag
+                resp = self._client.put_object(Bucket=self.bucket, Key=self.key, Body=body, Metadata=final,
+                                               ContentType="application/zip")
+                self._own_etags.add(resp["ETag"])
                 if self._on_progress is not None:
                     self._on_progress(len(body))
             else:
@@ -236,15 +250,21 @@ class S3Upload:
                     raise StorageError(f"upload {self.url}: {len(self._futures) - len(self._parts)} parts "
                                        "were not uploaded")
                 parts = [self._parts[n] for n in sorted(self._parts)]
-                self._before_landing()
-                self._client.complete_multipart_upload(
+                self._before_landing(_multipart_etag([p["ETag"] for p in parts]))
+                resp = self._client.complete_multipart_upload(
                     Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": parts})
                 self._upload_id = None
-                self._s.set_metadata(self.bucket, self.key, final, self.bytes_written)
+                self._own_etags.add(resp["ETag"])
+                self._own_etags.add(
+                    self._s.set_metadata(self.bucket, self.key, final, self.bytes_written, if_match=resp["ETag"]))
             info = self._s.head(self.bucket, self.key)
         except Exception as exc:
             err = exc if isinstance(exc, StorageError) else _error("upload", self.bucket, self.key, exc)
             raise self._fail_commit(err) from exc
+        if info.etag is not None and info.etag not in self._own_etags:
+            raise self._fail_commit(StorageError(
+                f"upload {self.url}: another writer replaced the object while this one was committing "
+                "(two runs writing the same key); this upload does not count, and the other object is kept"))
         if info.size != self.bytes_written or info.metadata.get("sha256") != final["sha256"]:
             raise self._fail_commit(StorageError(
                 f"upload {self.url}: stored object has {info.size} bytes and sha256 "
@@ -253,8 +273,10 @@ class S3Upload:
         self._shutdown()
         return info
 
-    def _before_landing(self) -> None:
-        self._prior_etag = self._s.etag(self.bucket, self.key)
+    def _before_landing(self, expected_etag: str) -> None:
+        """Just before the request that makes the object visible: if its answer is lost, the object
+        that landed is recognised by the ETag S3 computes (MD5, or MD5 of part MD5s)."""
+        self._own_etags.add(expected_etag)
         self._final_sent = True
 
     def _fail_commit(self, err: StorageError) -> StorageError:
@@ -267,7 +289,7 @@ class S3Upload:
             notes.append(str(exc))
         if self._final_sent:
             try:
-                if self._s.remove_if_replaced(self.bucket, self.key, self._prior_etag):
+                if self._s.remove_if_ours(self.bucket, self.key, self._own_etags):
                     notes.append("the incomplete object was removed")
             except StorageError as exc:
                 notes.append(f"the incomplete object may remain: {exc}")
@@ -348,7 +370,8 @@ class S3Storage:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             for page in pages:
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(bucket, obj["Key"], int(obj["Size"]), obj.get("LastModified"))
+                    yield ObjectInfo(bucket, obj["Key"], int(obj["Size"]), obj.get("LastModified"),
+                                     etag=obj.get("ETag"))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise _error("list", bucket, prefix, exc) from None
 
@@ -357,7 +380,8 @@ class S3Storage:
             r = self.client.head_object(Bucket=bucket, Key=key)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise _error("head", bucket, key, exc) from None
-        return ObjectInfo(bucket, key, int(r["ContentLength"]), r.get("LastModified"), r.get("Metadata", {}))
+        return ObjectInfo(bucket, key, int(r["ContentLength"]), r.get("LastModified"), r.get("Metadata", {}),
+                          r.get("ETag"))
 
     def upload(self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None,
                on_progress: Callable[[int], None] | None = None) -> S3Upload:
@@ -371,15 +395,18 @@ class S3Storage:
         info = ObjectInfo(bucket, key, int(r["ContentLength"]), r.get("LastModified"), r.get("Metadata", {}))
         return S3Download(info, r["Body"])
 
-    def set_metadata(self, bucket: str, key: str, metadata: Mapping[str, str], size: int) -> None:
-        """Replace an object's metadata by copying it onto itself, server-side.
+    def set_metadata(self, bucket: str, key: str, metadata: Mapping[str, str], size: int, *,
+                     if_match: str) -> str:
+        """Replace an object's metadata by copying it onto itself, server-side; returns the new ETag.
 
-        The SHA-256 of a streamed object is only known at its end, after the multipart upload began."""
+        The SHA-256 of a streamed object is only known at its end, after the multipart upload began.
+        ``if_match`` makes the copy refuse an object that another writer put there meanwhile."""
         src = {"Bucket": bucket, "Key": key}
         if size <= self.copy_threshold:
-            self.client.copy_object(Bucket=bucket, Key=key, CopySource=src, Metadata=dict(metadata),
-                                    MetadataDirective="REPLACE", ContentType="application/zip")
-            return
+            resp = self.client.copy_object(Bucket=bucket, Key=key, CopySource=src, Metadata=dict(metadata),
+                                           MetadataDirective="REPLACE", ContentType="application/zip",
+                                           CopySourceIfMatch=if_match)
+            return str(resp["CopyObjectResult"]["ETag"])
         upload_id = self.client.create_multipart_upload(
             Bucket=bucket, Key=key, Metadata=dict(metadata), ContentType="application/zip")["UploadId"]
         try:
@@ -387,13 +414,15 @@ class S3Storage:
 
             def copy(n: int, lo: int, hi: int) -> dict[str, Any]:
                 r = self.client.upload_part_copy(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=n,
-                                                 CopySource=src, CopySourceRange=f"bytes={lo}-{hi}")
+                                                 CopySource=src, CopySourceRange=f"bytes={lo}-{hi}",
+                                                 CopySourceIfMatch=if_match)
                 return {"PartNumber": n, "ETag": r["CopyPartResult"]["ETag"]}
 
             with ThreadPoolExecutor(self.settings.concurrency) as pool:
                 parts = list(pool.map(lambda a: copy(*a), [(n, lo, hi) for n, (lo, hi) in enumerate(ranges, 1)]))
-            self.client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
-                                                  MultipartUpload={"Parts": parts})
+            done = self.client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                                         MultipartUpload={"Parts": parts})
+            return str(done["ETag"])
         except Exception:
             self.abort_upload(bucket, key, upload_id)
             raise
@@ -441,9 +470,9 @@ class S3Storage:
         except botocore.exceptions.BotoCoreError as exc:
             raise _error("head", bucket, key, exc) from None
 
-    def remove_if_replaced(self, bucket: str, key: str, prior_etag: str | None) -> bool:
-        """Delete the object under ``key`` unless it is the one that was there before (``prior_etag``).
-        Retries like an abort. Returns whether something was deleted."""
+    def remove_if_ours(self, bucket: str, key: str, own_etags: Collection[str]) -> bool:
+        """Delete the object under ``key`` only if it is one we wrote (its ETag is in ``own_etags``):
+        never an older backup, nor another run's object. Retries like an abort; says if it deleted."""
 
         def attempt() -> bool:
             try:
@@ -452,7 +481,7 @@ class S3Storage:
                 if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                     return False
                 raise
-            if current == prior_etag:
+            if current not in own_etags:
                 return False
             self.client.delete_object(Bucket=bucket, Key=key)
             return True
