@@ -118,3 +118,49 @@ def test_s3_server_stopped_mid_upload(pg: PgCluster, s3: S3Server, slow_db: str)
     assert pg_dump_pid(proc.pid) is None
     assert "dump" not in both.split("upload s3://", 1)[0][-20:]  # the upload, not the dump, is blamed
     assert s3_client(s3).list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 1), (signal.SIGINT, 130)], ids=["sigterm", "sigint"])
+def test_backup_command_stopped_mid_upload_leaves_nothing(pg: PgCluster, s3: S3Server, slow_db: str,
+                                                          sig: signal.Signals, code: int) -> None:
+    bucket = make_bucket(s3)
+    proc = start_backup(pg, s3, bucket, slow_db)
+    wait_until(lambda: bool(pending_uploads(s3, bucket)))
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, out + err
+    assert "Traceback" not in out + err
+    assert all_keys(s3, bucket) == []
+    assert pending_uploads(s3, bucket) == []
+    assert pg_dump_pid(proc.pid) is None
+
+
+def test_a_dump_stalled_on_a_lock_still_honours_a_stop(pg: PgCluster, s3: S3Server) -> None:
+    """pg_dump waiting for a lock writes nothing; the time limit or a shutdown must still end it."""
+    from pgbkp import config, pipeline
+
+    name = "fault_locked"
+    pg.drop_database(name)
+    pg.create_database(name)
+    pg.psql("CREATE TABLE t AS SELECT 1 AS x", name)
+    locker = subprocess.Popen(
+        [str(pg.bindir / "psql"), "-X", "-q", "-d", name, "-c",
+         "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);"],
+        env=pg.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: pg.psql(f"SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                                   f"WHERE d.datname = '{name}' AND l.mode = 'AccessExclusiveLock'") != "0")
+        bucket = make_bucket(s3)
+        cfg = config.load({**s3.env(), "PG_URLS": f"locked|bucket={bucket}|{pg.url()}"})
+        started = time.monotonic()
+        result = pipeline.run(cfg, pipeline.plan(cfg, databases=[name]),
+                              should_stop=lambda: time.monotonic() - started > 2)
+        took = time.monotonic() - started
+        [r] = result.results
+        assert r.status == "failed" and "stopped while waiting" in (r.error or "")
+        assert took < 10
+        assert all_keys(s3, bucket) == [] and pending_uploads(s3, bucket) == []
+    finally:
+        locker.kill()
+        locker.wait()
+        pg.drop_database(name)

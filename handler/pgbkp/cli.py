@@ -10,7 +10,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -72,7 +74,17 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
 
     the_plan = pipeline.plan(config, connections=args.connection, databases=args.database)
     observer = _progress_observer()
-    result = pipeline.run(config, the_plan, dry_run=args.dry_run, observer=observer)
+    stop = threading.Event()
+
+    def on_sigterm(signum: int, _frame: object) -> None:
+        log.warning("received %s: aborting the backup in flight, starting no other", signal.Signals(signum).name)
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)  # Ctrl-C raises KeyboardInterrupt: also aborted
+    try:
+        result = pipeline.run(config, the_plan, dry_run=args.dry_run, observer=observer, should_stop=stop.is_set)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(json.dumps({"ok": result.ok, "results": [r.as_dict() for r in result.results]}, indent=2,
                          ensure_ascii=False))

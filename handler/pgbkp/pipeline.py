@@ -241,11 +241,15 @@ def backup_database(
     observer.started(job)
     upload = None
     try:
-        clean_stale_uploads(storage, job)
+        try:
+            clean_stale_uploads(storage, job)
+        except StorageError as exc:  # housekeeping: never a reason to skip the backup itself
+            log.warning("could not look for stale multipart uploads: %s", redact(str(exc)), extra=_ctx(job))
         upload = storage.upload(job.bucket, job.key, metadata=object_metadata(job, pg_dump_version),
                                 on_progress=lambda n: observer.uploaded(job, n))
         password = config.zip_password.reveal().encode() if config.zip_password else None
-        with postgres.DumpStream(job.connection.pg, job.database, bindir=config.pg_bindir) as dump:
+        with postgres.DumpStream(job.connection.pg, job.database, bindir=config.pg_bindir,
+                                 stop=should_stop) as dump:
             writer = ZipStreamWriter(upload, keys.member_name(job.key), password=password,
                                      level=config.compression_level, threads=config.compression_threads,
                                      mtime=job.when)
@@ -258,7 +262,7 @@ def backup_database(
                 stats = writer.close()
         info = upload.commit({"raw-size": str(stats.raw_bytes)})
         result.status, result.raw_bytes, result.object_bytes = "ok", stats.raw_bytes, info.size
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C too: whatever stops us, the upload must not stay pending
         result.error = redact(str(exc) if isinstance(exc, postgres.PostgresError | StorageError | CancelledError)
                               else f"backup {job.url}: {type(exc).__name__}: {exc}")
         if upload is not None:
@@ -266,6 +270,8 @@ def backup_database(
                 upload.abort()
             except StorageError as abort_exc:
                 result.error += f"; {redact(str(abort_exc))}"
+        if not isinstance(exc, Exception):
+            raise
     result.seconds = round(time.monotonic() - started, 3)
     if result.status == "ok":
         log.info("backed up %s: %d bytes dumped, %d stored, %.1fs", job.url, result.raw_bytes,

@@ -11,11 +11,12 @@ import contextlib
 import fcntl
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -164,8 +165,11 @@ class _StderrTail:
         for line in stream:
             self._lines.append(line)
 
-    def text(self) -> str:
+    def join(self) -> None:
         self._thread.join(5)
+
+    def text(self) -> str:
+        self.join()
         return b"".join(self._lines).decode("utf-8", "replace")
 
 
@@ -177,9 +181,10 @@ class DumpStream:
     """
 
     def __init__(self, target: PgTarget, database: str, *, bindir: Path | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), stop: Callable[[], bool] | None = None) -> None:
         self.database = database
         self._target = target
+        self._stop = stop
         cmd = [tool("pg_dump", bindir), "-F", "p", "--no-password", *extra_args, "-d", target.conninfo(database)]
         self._proc = _spawn(cmd, target, feed=False)
         assert self._proc.stdout is not None and self._proc.stderr is not None
@@ -199,6 +204,8 @@ class DumpStream:
         chunks: list[bytes] = []
         got = 0
         while got < size:
+            if self._stop is not None:
+                self._wait_readable()
             chunk = os.read(self._fd, min(size - got, PIPE_SIZE))
             if not chunk:
                 break
@@ -209,6 +216,16 @@ class DumpStream:
             return b""
         self.bytes_read += got
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _wait_readable(self) -> None:
+        """Block until pg_dump writes (or exits), checking ``stop`` every second: a dump stalled on a
+        lock must still honour a shutdown or a time limit."""
+        while not select.select([self._fd], [], [], 1.0)[0]:
+            if self._stop is not None and self._stop():
+                self.kill()
+                self._done = True
+                raise DumpError(f"pg_dump {self.database!r} from {self._target.display}: stopped while "
+                                "waiting for its output (shutdown or time limit); the dump is incomplete")
 
     def _finish(self) -> None:
         code = self._proc.wait()
@@ -230,6 +247,7 @@ class DumpStream:
     def close(self) -> None:
         if not self._done:
             self.kill()
+        self._stderr.join()
         for stream in (self._proc.stdout, self._proc.stderr):
             if stream is not None:
                 stream.close()
