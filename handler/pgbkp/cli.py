@@ -108,6 +108,16 @@ def _progress_observer() -> Any:
     return progress.make_observer()
 
 
+def add_selection(parser: argparse.ArgumentParser, *, databases: str = "append") -> None:
+    """The --connection/--database options every command that picks databases shares.
+
+    ``databases="store"`` takes one database instead of a repeatable list."""
+    parser.add_argument("--connection", "-c", action="append", metavar="NAME",
+                        help="only this connection (its prefix or host, or 0-based index); repeatable")
+    parser.add_argument("--database", "-d", action=databases, metavar="DB",
+                        help="only this database" + ("; repeatable" if databases == "append" else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgbkp",
@@ -122,9 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backup", help="back up now: every database of every connection (or a selection)",
                        description="Back up now. Each database is streamed pg_dump -> ZIP -> S3, then "
                        "retention runs for that database.")
-    b.add_argument("--connection", "-c", action="append", metavar="NAME",
-                   help="only this connection (its prefix or host, or 0-based index); repeatable")
-    b.add_argument("--database", "-d", action="append", metavar="DB", help="only this database; repeatable")
+    add_selection(b, databases="append")
     b.add_argument("--dry-run", action="store_true", help="print what would be dumped, where, and what "
                    "retention would delete; change nothing")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")

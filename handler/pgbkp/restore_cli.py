@@ -14,7 +14,7 @@ from typing import Any
 
 from pgbkp import postgres, restore
 from pgbkp.archive import ArchiveError
-from pgbkp.cli import human, table
+from pgbkp.cli import add_selection, human, table
 from pgbkp.config import Config, ConfigError, Connection
 from pgbkp.redact import redact
 from pgbkp.storage import StorageError
@@ -164,9 +164,7 @@ def register(subparsers: Any) -> None:
     p = add("list", help="list the stored backups, newest first",
             description="List every backup of each connection and database: the time in its file name "
             "(TIMEZONE), size, bucket and key. Newest first.")
-    p.add_argument("--connection", "-c", action="append", metavar="NAME",
-                   help="only this connection (prefix or host, or 0-based index); repeatable")
-    p.add_argument("--database", "-d", metavar="DB", help="only this database")
+    add_selection(p, databases="store")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_list)
 
@@ -194,9 +192,7 @@ def register(subparsers: Any) -> None:
             description="For each database, restore its latest backup into a new scratch database "
             "(pgbkp_verify_<db>_<random>), report tables, rows and size, and drop it, even on failure. "
             "Exit 0 only if every backup verified.")
-    v.add_argument("--connection", "-c", action="append", metavar="NAME",
-                   help="only this connection; repeatable (default: all)")
-    v.add_argument("--database", "-d", action="append", metavar="DB", help="only this database; repeatable")
+    add_selection(v, databases="append")
     v.add_argument("--scratch-url", metavar="postgres://...", help="server for the scratch databases "
                    "(default: the connection's own server); its database part is not used")
     v.add_argument("--json", action="store_true", help="print the results as JSON")
