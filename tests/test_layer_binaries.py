@@ -64,10 +64,15 @@ def _layer_env(cluster: PgCluster, **extra: str) -> dict[str, str]:
     return env
 
 
-def _run(tool: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(
+def _run_any(tool: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run one of the layer's tools, whatever its exit code."""
+    return subprocess.run(
         [str(LAYER / "bin" / tool), *args], capture_output=True, text=True, env=env, timeout=120, check=False
     )
+
+
+def _run(tool: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    out = _run_any(tool, args, env)
     if out.returncode != 0:
         raise AssertionError(f"{tool} {' '.join(args)} exited {out.returncode}: {out.stderr}")
     return out
@@ -143,13 +148,7 @@ def tls_pg() -> Iterator[PgCluster]:
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_tools_are_postgresql_18(layer: Path, tool: str) -> None:
-    out = subprocess.run(
-        [str(layer / "bin" / tool), "--version"],
-        capture_output=True,
-        text=True,
-        env={"LD_LIBRARY_PATH": str(layer / "lib")},
-        check=True,
-    )
+    out = _run(tool, ["--version"], {"LD_LIBRARY_PATH": str(layer / "lib")})
     assert re.fullmatch(rf"{tool} \(PostgreSQL\) 18\.\d+\n", out.stdout), out.stdout
 
 
@@ -183,14 +182,7 @@ def test_layer_runs_on_lambda_glibc(layer: Path) -> None:
 def test_libpq_has_tls(layer: Path, pg: PgCluster) -> None:
     """A client built without OpenSSL rejects sslmode=require outright; ours asks the server for TLS."""
     env = _layer_env(pg, PGSSLMODE="require", PGCONNECT_TIMEOUT="10")
-    out = subprocess.run(
-        [str(layer / "bin" / "psql"), "-X", "--no-password", "-c", "SELECT 1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    out = _run_any("psql", ["-X", "--no-password", "-c", "SELECT 1"], env)
     assert out.returncode != 0
     assert "server does not support SSL" in out.stderr, out.stderr
 
@@ -243,14 +235,7 @@ def test_verify_full_rejects_an_unknown_ca(layer: Path, tls_pg: PgCluster, tmp_p
         capture_output=True,
     )
     env = _layer_env(tls_pg, PGSSLMODE="verify-full", PGSSLROOTCERT=str(other_ca), PGCONNECT_TIMEOUT="10")
-    out = subprocess.run(
-        [str(layer / "bin" / "pg_dump"), "--no-password", "-d", "postgres", "--schema-only"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    out = _run_any("pg_dump", ["--no-password", "-d", "postgres", "--schema-only"], env)
     assert out.returncode != 0
     assert "certificate verify failed" in out.stderr, out.stderr
     assert tls_pg.password not in out.stderr
@@ -260,13 +245,6 @@ def test_password_only_travels_in_the_environment(layer: Path, pg: PgCluster) ->
     """Without PGPASSWORD the same invocation fails: the tests above really authenticated via env."""
     env = {k: v for k, v in _layer_env(pg).items() if k != "PGPASSWORD"}
     env["PGPASSFILE"] = os.devnull
-    out = subprocess.run(
-        [str(layer / "bin" / "pg_dump"), "--no-password", "-d", "postgres", "--schema-only"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    out = _run_any("pg_dump", ["--no-password", "-d", "postgres", "--schema-only"], env)
     assert out.returncode != 0
     assert "password" in out.stderr
