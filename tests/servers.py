@@ -167,6 +167,18 @@ class PgCluster:
         quoted = '"' + name.replace('"', '""') + '"'
         self.psql(f"CREATE DATABASE {quoted}")
 
+    @contextlib.contextmanager
+    def temporary_database(self, name: str, sql: str | None = None) -> Iterator[str]:
+        """A fresh database (dropped first if a failed run left it), seeded with ``sql``, dropped after."""
+        self.drop_database(name)
+        self.create_database(name)
+        try:
+            if sql:
+                self.psql(sql, name)
+            yield name
+        finally:
+            self.drop_database(name)
+
     def drop_database(self, name: str) -> None:
         quoted = '"' + name.replace('"', '""') + '"'
         self.psql(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")

@@ -23,13 +23,10 @@ ZIP_PASSWORD = "fault-zip-secret-9d1"
 @pytest.fixture(scope="module")
 def slow_db(pg: PgCluster) -> Iterator[str]:
     """A database whose dump takes seconds at level 9 on one thread: room to strike mid-stream."""
-    name = "fault_big"
-    pg.drop_database(name)
-    pg.create_database(name)
-    pg.psql("CREATE TABLE t AS SELECT g, md5(g::text) || md5((g*7)::text) AS a, random()::text AS b "
-            "FROM generate_series(1, 900000) g", name)
-    yield name
-    pg.drop_database(name)
+    sql = ("CREATE TABLE t AS SELECT g, md5(g::text) || md5((g*7)::text) AS a, random()::text AS b "
+           "FROM generate_series(1, 900000) g")
+    with pg.temporary_database("fault_big", sql) as name:
+        yield name
 
 
 def start_backup(pg: PgCluster, s3: S3Server, bucket: str, database: str, endpoint: str | None = None,

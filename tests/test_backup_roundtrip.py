@@ -27,12 +27,8 @@ def restore_sql(pg: PgCluster, database: str, sql: bytes) -> None:
 
 @pytest.fixture
 def hostile_db(pg: PgCluster):
-    name = "we'ird \"db\" é/x ✓ -shop"
-    pg.drop_database(name)
-    pg.create_database(name)
-    pg.psql(HOSTILE_SQL, name)
-    yield name
-    pg.drop_database(name)
+    with pg.temporary_database("we'ird \"db\" é/x ✓ -shop", HOSTILE_SQL) as name:
+        yield name
 
 
 @pytest.mark.parametrize("password", [None, ZIP_PASSWORD], ids=["plain", "aes"])

@@ -111,10 +111,8 @@ def test_configuration_error_exits_2_with_one_message(name: str) -> None:
 
 @pytest.fixture
 def database(pg: PgCluster) -> Iterator[str]:
-    name = f"cli_err_{uuid.uuid4().hex[:8]}"
-    pg.create_database(name)
-    yield name
-    pg.drop_database(name)
+    with pg.temporary_database(f"cli_err_{uuid.uuid4().hex[:8]}") as name:
+        yield name
 
 
 def test_missing_bucket_is_a_configuration_error(pg: PgCluster, s3: S3Server, database: str) -> None:

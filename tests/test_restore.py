@@ -98,11 +98,8 @@ def bucket(s3: S3Server) -> str:
 @pytest.fixture(scope="module")
 def hostile(pg: PgCluster) -> Iterator[str]:
     """One source database with hard content, shared by the module's round trips."""
-    name = unique("src_hostile")
-    pg.create_database(name)
-    pg.psql(HOSTILE_SQL, name)
-    yield name
-    pg.drop_database(name)
+    with pg.temporary_database(unique("src_hostile"), HOSTILE_SQL) as name:
+        yield name
 
 
 def target_url(pg: PgCluster, database: str) -> str:
@@ -212,11 +209,8 @@ SMALL_SQL = "CREATE TABLE s (id int, t text); INSERT INTO s SELECT i, md5(i::tex
 @pytest.fixture(scope="module")
 def small_source(pg: PgCluster) -> Iterator[str]:
     """A small source database, big enough that its backup spans several reads (shared by the module)."""
-    name = unique("src_small")
-    pg.create_database(name)
-    pg.psql(SMALL_SQL, name)
-    yield name
-    pg.drop_database(name)
+    with pg.temporary_database(unique("src_small"), SMALL_SQL) as name:
+        yield name
 
 
 @pytest.fixture

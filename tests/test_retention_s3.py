@@ -21,10 +21,8 @@ from tests.servers import PgCluster, S3Server
 
 @pytest.fixture
 def shop(pg: PgCluster) -> Iterator[str]:
-    name = f"shop{uuid.uuid4().hex[:6]}"
-    pg.create_database(name)
-    yield name
-    pg.drop_database(name)
+    with pg.temporary_database(f"shop{uuid.uuid4().hex[:6]}") as name:
+        yield name
 
 
 def seed(s3: S3Server, bucket: str, names: list[str]) -> None:
