@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from pgbkp import pipeline
 from pgbkp.config import Config, ConfigError, Connection, load, parse_int
-from pgbkp.pipeline import DatabaseResult, Job, Observer
+from pgbkp.pipeline import DatabaseResult, Job, MultiObserver, NullObserver, Observer
 from pgbkp.redact import redact
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class TimeLimits:
         return job.size_estimate / (self.mb_per_second * 1_000_000)
 
 
-class _Budget:
+class _Budget(NullObserver):
     """Lambda's clock: decides whether the next database may start and whether a dump must stop."""
 
     def __init__(self, context: Any, limits: TimeLimits) -> None:
@@ -202,37 +202,8 @@ class _Budget:
     def started(self, job: Job) -> None:
         self.current = job
 
-    def dumped(self, job: Job, n: int) -> None:
-        pass
-
-    def uploaded(self, job: Job, n: int) -> None:
-        pass
-
     def finished(self, job: Job, result: DatabaseResult) -> None:
         self.current = None
-
-
-class _Observers:
-    """Fans the pipeline's progress out to several observers."""
-
-    def __init__(self, observers: Sequence[Observer]) -> None:
-        self.observers = observers
-
-    def started(self, job: Job) -> None:
-        for o in self.observers:
-            o.started(job)
-
-    def dumped(self, job: Job, n: int) -> None:
-        for o in self.observers:
-            o.dumped(job, n)
-
-    def uploaded(self, job: Job, n: int) -> None:
-        for o in self.observers:
-            o.uploaded(job, n)
-
-    def finished(self, job: Job, result: DatabaseResult) -> None:
-        for o in self.observers:
-            o.finished(job, result)
 
 
 def summarize(result: DatabaseResult) -> dict[str, Any]:
@@ -309,7 +280,7 @@ def _backup_connection(config: Config, conn: Connection, databases: Sequence[str
     the_plan = edge.wrap(pipeline.plan)(config, connections=[conn.index], databases=databases)
     run = edge.wrap(pipeline.run)(
         config, the_plan,
-        observer=_Observers([budget, *edge.observers] if budget else edge.observers),
+        observer=MultiObserver([budget, *edge.observers] if budget else edge.observers),
         should_stop=lambda: edge.should_stop() or (budget is not None and budget.should_stop()),
         before_job=budget.before_job if budget else lambda job, rest: True,
     )

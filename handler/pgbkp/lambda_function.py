@@ -29,7 +29,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from pgbkp import handler_core, settings_secrets
 from pgbkp.logs import RedactingFilter
-from pgbkp.pipeline import DatabaseResult, Job
+from pgbkp.pipeline import DatabaseResult, Job, NullObserver
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "pgbkp"
 NAMESPACE = "pgbkp"
@@ -102,7 +102,7 @@ def log_keys(keys: Mapping[str, str]) -> Iterator[None]:
         logger.remove_keys(list(keys))
 
 
-class EdgeObserver:
+class EdgeObserver(NullObserver):
     """Per database: a ``database`` log key and an X-Ray subsegment, from its start to its result."""
 
     def __init__(self) -> None:
@@ -113,12 +113,6 @@ class EdgeObserver:
         subsegment = self._open.enter_context(tracer.provider.in_subsegment(f"## backup {job.database}"[:200]))
         subsegment.put_annotation("connection", job.connection.name)
         subsegment.put_annotation("database", job.database)
-
-    def dumped(self, job: Job, n: int) -> None:
-        pass
-
-    def uploaded(self, job: Job, n: int) -> None:
-        pass
 
     def finished(self, job: Job, result: DatabaseResult) -> None:
         self._open.close()

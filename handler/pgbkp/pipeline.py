@@ -102,6 +102,8 @@ class Observer(Protocol):
 
 
 class NullObserver:
+    """Ignores everything; subclass it to hear only some events."""
+
     def started(self, job: Job) -> None:
         pass
 
@@ -113,6 +115,29 @@ class NullObserver:
 
     def finished(self, job: Job, result: DatabaseResult) -> None:
         pass
+
+
+class MultiObserver:
+    """Fans the pipeline's progress out to several observers, in order."""
+
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self.observers = list(observers)
+
+    def started(self, job: Job) -> None:
+        for o in self.observers:
+            o.started(job)
+
+    def dumped(self, job: Job, n: int) -> None:
+        for o in self.observers:
+            o.dumped(job, n)
+
+    def uploaded(self, job: Job, n: int) -> None:
+        for o in self.observers:
+            o.uploaded(job, n)
+
+    def finished(self, job: Job, result: DatabaseResult) -> None:
+        for o in self.observers:
+            o.finished(job, result)
 
 
 class StorageCache:

@@ -81,25 +81,17 @@ def backup_with_handler(should_stop: Callable[[], bool], observer: Observer) -> 
     return Outcome(code, summarize(rows), rows)
 
 
-class _Tracking:
-    """Forwards progress and counts databases in flight, which decides what a stop request means."""
+class _Tracking(pipeline.NullObserver):
+    """Counts databases in flight, which decides what a stop request means."""
 
-    def __init__(self, runner: Runner, inner: Observer) -> None:
-        self._runner, self._inner = runner, inner
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
 
     def started(self, job: Job) -> None:
         self._runner.in_flight += 1
-        self._inner.started(job)
-
-    def dumped(self, job: Job, n: int) -> None:
-        self._inner.dumped(job, n)
-
-    def uploaded(self, job: Job, n: int) -> None:
-        self._inner.uploaded(job, n)
 
     def finished(self, job: Job, result: DatabaseResult) -> None:
         self._runner.in_flight -= 1
-        self._inner.finished(job, result)
 
 
 def _iso(t: datetime) -> str:
@@ -127,7 +119,7 @@ class Runner:
         self.grace = grace
         self.in_flight = 0
         self._backup = backup
-        self._observer = _Tracking(self, observer or pipeline.NullObserver())
+        self._observer = pipeline.MultiObserver([_Tracking(self), *([observer] if observer else [])])
         self._pinger = pinger or health.Pinger(None)
         self._health_file = health_file
         self._clock = clock
