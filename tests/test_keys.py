@@ -121,3 +121,16 @@ def test_parse_filename_rejects_look_alikes(name: str, db: str, prefix: str | No
 def test_parse_filename_accepts_ours() -> None:
     assert keys.parse_filename("shop-09h-09m-29d-02mes-2024y.zip", "shop", None) == datetime(2024, 2, 29, 9, 9)
     assert keys.parse_filename("p-a%2Fb-23h-59m-31d-12mes-2025y.zip", "a/b", "p") == datetime(2025, 12, 31, 23, 59)
+
+
+def test_parse_key_is_the_shared_rule_for_our_backups() -> None:
+    when = datetime(2026, 11, 20, 3, 5)
+    key = keys.object_key("nightly", "main", "a/b%", when, "main")
+    assert keys.parse_key(key, "nightly", "main", "main") == ("a/b%", when)
+    assert keys.parse_key(key, "", "main", "main") is None  # another GLOBAL_PREFIX
+    assert keys.parse_key(key, "nightly", "main", "other") is None  # another prefix
+    folder = keys.folder("nightly", "main", "shop")
+    assert keys.parse_key(folder + "sub/" + keys.filename("shop", when, "main"), "nightly", "main", "main") is None
+    assert keys.parse_key(folder + "notes.txt", "nightly", "main", "main") is None
+    lowercase = "nightly/main/a%2fb/" + keys.filename("a/b", when, "main")  # not our canonical encoding
+    assert keys.parse_key(lowercase, "nightly", "main", "main") is None

@@ -67,3 +67,22 @@ def parse_filename(name: str, database: str, prefix: str | None) -> datetime | N
         return datetime(int(m["Y"]), int(m["m"]), int(m["d"]), int(m["H"]), int(m["M"]))
     except ValueError:
         return None
+
+
+def parse_key(key: str, global_prefix: str, base_dir: str, prefix: str | None) -> tuple[str, datetime] | None:
+    """(database, time) of a key this tool wrote for this connection, else None.
+
+    The one rule retention and listing share for "is this object one of our backups": directly in a
+    database's own folder (canonically encoded), with a file name for exactly that database and prefix.
+    """
+    root = folder(global_prefix, base_dir, "")
+    if not key.startswith(root):
+        return None
+    segment, sep, name = key[len(root):].partition("/")
+    if not sep or "/" in name:
+        return None
+    database = decode_name(segment)
+    if encode_name(database) != segment:
+        return None
+    taken = parse_filename(name, database, prefix)
+    return None if taken is None else (database, taken)

@@ -314,12 +314,12 @@ def policy_for(connection: Connection) -> retention.Policy:
 def retention_plan(config: Config, job: Job, storage: Storage, *, protect: Sequence[str] = (),
                    today: datetime | None = None) -> retention.Plan:
     """Plan over this database's own backups only: its folder, its file names, its prefix."""
+    conn = job.connection
     backups = []
     for obj in storage.list(job.bucket, job.folder):
-        name = obj.key[len(job.folder):]
-        taken = keys.parse_filename(name, job.database, job.connection.prefix) if "/" not in name else None
-        if taken is not None:
-            backups.append(retention.Backup(obj.key, taken))
+        parsed = keys.parse_key(obj.key, config.global_prefix, conn.base_dir, conn.prefix)
+        if parsed is not None and parsed[0] == job.database:
+            backups.append(retention.Backup(obj.key, parsed[1]))
     day = retention.local_today(today or datetime.now(UTC), config.timezone)
     return retention.plan(backups, day, policy_for(job.connection), protect=protect)
 

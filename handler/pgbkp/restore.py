@@ -181,16 +181,12 @@ def find_backups(config: Config, connection: Connection | str | int, database: s
     found: dict[tuple[str, str], BackupRef] = {}
     for bucket in _buckets(conn):
         for obj in storage.list(bucket, prefix):
-            segment, sep, name = obj.key[len(root):].partition("/")
-            if not sep or "/" in name:
+            parsed = keys.parse_key(obj.key, config.global_prefix, conn.base_dir, conn.prefix)
+            if parsed is None or (database is not None and parsed[0] != database):
                 continue
-            db = keys.decode_name(segment)
-            if keys.encode_name(db) != segment or (database is not None and db != database):
-                continue
-            taken = keys.parse_filename(name, db, conn.prefix)
-            if taken is not None:
-                found[(bucket, obj.key)] = BackupRef(conn.name, db, bucket, obj.key, taken, obj.size,
-                                                     obj.last_modified)
+            db, taken = parsed
+            found[(bucket, obj.key)] = BackupRef(conn.name, db, bucket, obj.key, taken, obj.size,
+                                                 obj.last_modified)
     return sorted(found.values(), key=lambda b: (b.taken or datetime.min, b.key), reverse=True)
 
 
