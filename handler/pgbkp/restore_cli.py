@@ -18,6 +18,7 @@ from pgbkp.cli import add_selection, human, table
 from pgbkp.config import Config, ConfigError, Connection
 from pgbkp.redact import redact
 from pgbkp.storage import StorageError
+from pgbkp.storage.s3 import S3Storage
 
 EXIT_OK, EXIT_FAILED = 0, 1
 KNOWN_ERRORS = (restore.RestoreError, StorageError, postgres.PostgresError, ArchiveError)
@@ -100,12 +101,14 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     target = restore.parse_target(args.target_url, env=config.env, fallback=conn.pg)
     bar = _Bar(f"restore {target.database}")
     try:
-        backup = restore.select_backup(config, conn, args.database, at=at, key=args.key)
+        storage = S3Storage(conn.s3)  # one client for finding and reading: each costs a start-up
+        backup = restore.select_backup(config, conn, args.database, at=at, key=args.key, storage=storage)
         taken = f" taken {backup.taken:%Y-%m-%d %H:%M}" if backup.taken else ""
         print(f"restoring {backup.url}{taken} into {target.display}", file=sys.stderr)
         try:
             result = restore.restore_backup(config, backup, target, create=args.create, force=args.force,
-                                            connection=conn, on_start=bar.start, on_progress=bar.update)
+                                            connection=conn, storage=storage, on_start=bar.start,
+                                            on_progress=bar.update)
         finally:
             bar.close()
     except KNOWN_ERRORS as exc:
