@@ -5,6 +5,7 @@ The malformed inputs live in test_config_errors.py; the real command's behaviour
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from pgbkp import config, postgres
 from pgbkp.config import Config, ConfigError, load
+from pgbkp.redact import redact
 from tests.servers import HOSTILE_PASSWORD, PgCluster
 
 URL = "postgres://user:pw@db.example.com:5432/postgres"
@@ -104,11 +106,20 @@ def test_percent_encoded_passwords_with_any_character(password: str) -> None:
             assert password not in text and enc not in text
 
 
-def test_raw_at_and_colon_in_password_are_understood() -> None:
-    # urllib and libpq split user:password at the first ':' and the host at the last '@'.
-    c = one("postgres://u:p@ss:w0rd@h:5433/db")
-    assert c.pg.password is not None and c.pg.password.reveal() == "p@ss:w0rd"
+def test_raw_colon_in_password_is_understood() -> None:
+    # user:password splits at the first ':', as in libpq.
+    c = one("postgres://u:p:ss:w0rd@h:5433/db")
+    assert c.pg.password is not None and c.pg.password.reveal() == "p:ss:w0rd"
     assert (c.pg.host, c.pg.port) == ("h", 5433)
+
+
+def test_raw_at_in_password_is_refused_as_libpq_would_misread_it() -> None:
+    """libpq ends the password at the first '@' (psql reads postgres://u:p@ss@h/db as host 'ss@h'), so a raw
+    '@' is refused rather than understood differently from every other PostgreSQL tool."""
+    with pytest.raises(ConfigError, match=r"^PG_URLS item 1: field 'url': more than one '@'.*encode @ as %40"):
+        one("postgres://u:p@ss:w0rd@h:5433/db")
+    encoded = one("postgres://u:p%40ss:w0rd@h:5433/db").pg.password
+    assert encoded is not None and encoded.reveal() == "p@ss:w0rd"
 
 
 def test_percent_encoded_user() -> None:
@@ -359,6 +370,35 @@ def test_global_values() -> None:
     assert cfg.zip_password is not None and cfg.zip_password.reveal() == " zip pass "  # kept exactly
     assert (cfg.compression_level, cfg.compression_threads, cfg.log_level, cfg.log_format) == (9, 3, "WARNING", "json")
     assert "zip pass" not in repr(cfg)
+
+
+@pytest.mark.parametrize(("raw", "prefix"), [("a/.b/..c/c..", "a/.b/..c/c.."), ("/x//y/", "x/y"), ("...", "...")])
+def test_global_prefix_may_hold_dots_inside_names(raw: str, prefix: str) -> None:
+    assert load({"PG_URLS": URL, "S3_BUCKET": "b-1", "GLOBAL_PREFIX": raw}).global_prefix == prefix
+
+
+def test_access_key_is_an_identifier_and_not_scrubbed() -> None:
+    """An access key ID is not secret; scrubbing 'minio' garbled http://minio:9000 in every message."""
+    cfg = load({"PG_URLS": "access=minioadmin|secret=per-item-secret|" + URL, "S3_BUCKET": "b-1",
+                "S3_ACCESS_KEY": "minioadmin-global", "S3_SECRET_KEY": "global-secret-key"})
+    assert cfg.connections[0].s3.access_key is not None
+    assert cfg.connections[0].s3.access_key.reveal() == "minioadmin"
+    assert redact("http://minioadmin:9000 minioadmin-global") == "http://minioadmin:9000 minioadmin-global"
+    assert redact("per-item-secret global-secret-key") == "**redacted** **redacted**"
+
+
+def test_short_zip_password_warns_without_showing_it(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pgbkp.config"):
+        cfg = load({"PG_URLS": URL, "S3_BUCKET": "b-1", "ZIP_PASSWORD": "backup12345"})  # 11 characters
+    assert cfg.zip_password is not None and cfg.zip_password.reveal() == "backup12345"  # still used
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("pgbkp.config", "WARNING", "ZIP_PASSWORD: shorter than 12 characters, so anyone holding an archive can "
+         "guess it offline. Fix: use a passphrase of 12 characters or more.")]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pgbkp.config"):
+        load({"PG_URLS": URL, "S3_BUCKET": "b-1", "ZIP_PASSWORD": "backup123456"})  # 12 characters
+        load({"PG_URLS": URL, "S3_BUCKET": "b-1"})  # no password: a plain ZIP, nothing to warn about
+    assert caplog.records == []
 
 
 def test_pg_bin_dir(tmp_path: Path) -> None:

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from pgbkp import config, redact
 from tests.helpers import PGBKP, all_keys, make_bucket
 from tests.servers import HOSTILE_PASSWORD, PgCluster, S3Server, free_port
 
 WRONG_PG_PASSWORD = "Wr0ng-pg-P@ss,w0rd"
 ZIP_PASSWORD = "zip-secret-Pa55:phrase"
-ACCESS_KEY = "AKIAREDACTME7EXAMPLE"
+ACCESS_KEY = "AKIAREDACTME7EXAMPLE"  # an identifier, not a secret: it may appear
 SECRET_KEY = "s3-secret-key/with+chars=9f3"
 PING_TOKEN = str(uuid.uuid4())
 
@@ -66,6 +67,33 @@ def test_no_secret_in_any_output_or_the_log_file(pg: PgCluster, s3: S3Server, tm
         assert all(json.loads(line)["message"] for line in written.splitlines())
 
     for name, text in everything.items():
-        for secret in (HOSTILE_PASSWORD, WRONG_PG_PASSWORD, ZIP_PASSWORD, ACCESS_KEY, SECRET_KEY, PING_TOKEN):
+        for secret in (HOSTILE_PASSWORD, WRONG_PG_PASSWORD, ZIP_PASSWORD, SECRET_KEY, PING_TOKEN):
             for form in forms(secret):
                 assert form not in text, f"{name} shows a secret ({secret[:3]}...)"
+
+
+# --------------------------------------------------------------------------------------------------
+# The scrubber is a net for long secrets only; short ones never reach a message by construction.
+
+
+@pytest.mark.usefixtures("forget_test_secrets")
+def test_short_secrets_do_not_garble_messages() -> None:
+    """The issue's two cases: ZIP_PASSWORD=backup and the README's S3_ACCESS_KEY=minio."""
+    config.load({"PG_URLS": "postgres://postgres:postgres@postgres:5432/postgres", "S3_BUCKET": "backups",
+                 "S3_ENDPOINT": "http://minio:9000", "S3_ACCESS_KEY": "minio", "S3_SECRET_KEY": "minio123",
+                 "ZIP_PASSWORD": "backup"})
+    text = ("restore s3://backups/postgres/db/x.zip: wrong password; endpoint http://minio:9000; "
+            "password authentication failed for user \"postgres\"")
+    assert redact.redact(text) == text
+
+
+@pytest.mark.usefixtures("forget_test_secrets")
+def test_the_net_starts_at_ten_characters() -> None:
+    assert redact.MIN_SCRUBBED == 10
+    redact.Secret("nine-char")  # 9
+    redact.Secret("ten-chars!")  # 10
+    redact.Secret("k3y/with+chars=1")
+    assert redact.redact("nine-char ten-chars! x") == "nine-char **redacted** x"
+    # the percent-encoded forms as well, as a URL or a query string would carry them
+    assert redact.redact("k3y%2Fwith%2Bchars%3D1 k3y%2Fwith%2Bchars%3D1") == "**redacted** **redacted**"
+    assert redact.redact("ten-chars!!") == "**redacted**!"  # inside a longer text: still scrubbed

@@ -8,6 +8,8 @@ an unencoded character can move a piece of the password anywhere. docs/configura
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
 import urllib.parse
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pgbkp.redact import Secret
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEZONE = "America/Sao_Paulo"
 #: Level 6 is zlib's own default and the knee of the level x ratio x speed curve measured in
@@ -69,10 +73,15 @@ _KEYED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _PARAM_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", ""}
 _ENCODE_HINT = "percent-encode special characters in the user and password (/ %2F, ? %3F, # %23, @ %40, , %2C, % %25)"
+#: A ZIP password shorter than this draws a warning: anyone holding the archive can guess offline.
+MIN_ZIP_PASSWORD = 12
+#: Why a positional value that fails its check is not shown, and what to do about it.
+_POSITIONAL_NOTE = "value not shown: it may be a key moved up by a left-out field"
+_POSITIONAL_FIX = ("positional fields are prefix|bucket|endpoint|forcepath|access|secret, so keep a left-out one's "
+                   "place empty (a||c) or write key=value")
 
 
 class ConfigError(Exception):
@@ -189,12 +198,15 @@ class Config:
 # Small value parsers, shared by the globals and the per-connection fields.
 
 
-def parse_bool(value: str, what: str) -> bool:
+def parse_bool(value: str, what: str, *, positional: bool = False) -> bool:
+    """``positional``: the value sits in a positional PG_URLS field, so it may be a key; never show it."""
     v = value.strip().lower()
     if v in _TRUE:
         return True
     if v in _FALSE:
         return False
+    if positional:
+        raise ConfigError(f"{what}: not true or false ({_POSITIONAL_NOTE}). Fix: use true or false; {_POSITIONAL_FIX}.")
     raise ConfigError(f"{what}: {_show(value)} is not true or false. Fix: use true or false.")
 
 
@@ -202,24 +214,28 @@ def parse_int(value: str, what: str, *, minimum: int = 0, maximum: int | None = 
     text = value.strip()
     if not re.fullmatch(r"[+-]?[0-9]+", text):
         raise ConfigError(f"{what}: {_show(value)} is not a whole number. Fix: use a number such as 7.")
-    n = int(text)
-    if n < minimum or (maximum is not None and n > maximum):
+    # Python refuses to convert over 4300 digits (ValueError); no setting here needs over 18.
+    n = int(text) if len(text.lstrip("+-").lstrip("0")) <= 18 else None
+    if n is None or n < minimum or (maximum is not None and n > maximum):
         bound = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
-        raise ConfigError(f"{what}: {n} is out of range. Fix: use a number {bound}.")
+        shown = _show(text, 20) if n is None else str(n)
+        raise ConfigError(f"{what}: {shown} is out of range. Fix: use a number {bound}.")
     return n
 
 
-def check_bucket(name: str, what: str) -> str:
+def check_bucket(name: str, what: str, *, positional: bool = False) -> str:
     if not _BUCKET.match(name) or ".." in name:
-        raise ConfigError(
-            f"{what}: {_show(name)} is not a valid bucket name. Fix: use 3-63 lowercase letters, digits, "
-            "dots or hyphens, starting and ending with a letter or digit."
-        )
+        rule = "use 3-63 lowercase letters, digits, dots or hyphens, starting and ending with a letter or digit"
+        if positional:
+            raise ConfigError(f"{what}: not a valid bucket name ({_POSITIONAL_NOTE}). Fix: {rule}; {_POSITIONAL_FIX}.")
+        raise ConfigError(f"{what}: {_show(name)} is not a valid bucket name. Fix: {rule}.")
     return name
 
 
-def check_endpoint(url: str, what: str) -> str:
+def check_endpoint(url: str, what: str, *, positional: bool = False) -> str:
     url = url.strip()
+    if not url.isprintable():  # urlsplit silently drops tabs and newlines; boto3 would not
+        raise ConfigError(f"{what}: the URL contains control characters. Fix: write it as http://host:port.")
     try:
         parts = urllib.parse.urlsplit(url)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port is None or parts.port > 0)
@@ -229,6 +245,9 @@ def check_endpoint(url: str, what: str) -> str:
     if has_user:
         raise ConfigError(f"{what}: the URL contains a user or password. Fix: write http://host:port and "
                           "give the keys as access=/secret= (or S3_ACCESS_KEY/S3_SECRET_KEY).")
+    if not ok and positional:
+        raise ConfigError(f"{what}: not an http(s) URL with a host and a valid port ({_POSITIONAL_NOTE}). "
+                          f"Fix: write it as http://host:port or https://host; {_POSITIONAL_FIX}.")
     if not ok:
         raise ConfigError(f"{what}: {_show(url)} is not an http(s) URL with a host and a valid port. "
                           "Fix: write it as http://host:port or https://host.")
@@ -246,8 +265,15 @@ def split_list(value: str) -> frozenset[str]:
 
 
 def _show(value: str, limit: int = 60) -> str:
-    """A user's value, quoted and cut short, for messages."""
+    """A user's value, quoted and cut short, for messages (repr escapes control characters)."""
     return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def _plain(text: str, limit: int = 60) -> str:
+    """A user's name (a prefix, a host) for a message, unquoted and cut short, with every invisible
+    character escaped (``\\n``, ``\\x1b``, ``\\u202e``): a message stays one line that shows what is there."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return "".join(ch if ch.isprintable() and ch != "\\" else repr(ch)[1:-1] for ch in cut)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,7 +318,7 @@ def split_items(raw: str) -> list[str]:
 def _name_hint(text: str) -> str:
     """`` (name)`` for an item whose name can be found safely (its prefix, else its host), else ``""``."""
     name = _item_name(text)
-    return f" ({name})" if name else ""
+    return f" ({_plain(name)})" if name else ""
 
 
 def _item_name(text: str) -> str | None:
@@ -328,6 +354,8 @@ class _Item:
     fields: dict[str, str]
     url: str
     label: str = ""
+    #: The fields given by position (name -> 1-based position): their values are never shown in messages.
+    positional: dict[str, int] = field(default_factory=dict)
 
 
 def split_item(text: str, number: int) -> _Item:
@@ -335,10 +363,14 @@ def split_item(text: str, number: int) -> _Item:
     text = text.strip()
     if not text:
         raise ConfigError(f"{where} is empty. Fix: remove the extra comma.")
+    if "\x00" in text:
+        raise ConfigError(f"{where}: contains a NUL character (\\x00), which no PostgreSQL or S3 value can hold. "
+                          "Fix: remove it.")
     m = _URL_START.search(text)
     if not m:
         head = text.split("://", 1)[0] if "://" in text else ""
-        hint = f" (found scheme {head!r})" if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]{0,30}", head) else ""
+        # Only what looks like a scheme (mysql, postgresql+psycopg2): text before :// may be a password's half.
+        hint = f" (found scheme {head!r})" if re.fullmatch(r"[a-z]{2,20}(?:\+[a-z0-9]{1,20})?", head) else ""
         raise ConfigError(
             f"{where}: field 'url': no postgres:// or postgresql:// URL{hint}. "
             "Fix: end each item with postgres://user:pass@host:port/db."
@@ -357,6 +389,7 @@ def split_item(text: str, number: int) -> _Item:
         )
     label = where + _name_hint(text)
     fields: dict[str, str] = {}
+    positional: dict[str, int] = {}
     parts = _meta_parts(meta)
     for pos, part in enumerate(parts):
         km = _KEYED.match(part)
@@ -364,8 +397,12 @@ def split_item(text: str, number: int) -> _Item:
             key = km.group(1).lower()
             if key not in KEY_ALIASES:
                 known = ", ".join(sorted(KEY_ALIASES))
-                # The access/secret slots may hold a secret that merely contains '=': never echo those.
-                shown = f"unknown key {km.group(1)!r}" if pos < 4 and len(key) <= 30 else "an unknown key"
+                # A bare secret that contains '=' (base64 padding: 'Zm9vYmFy=') looks like key=value, and
+                # may sit in any position when fields are left out. Show the key only when it is a typo
+                # of a known key, which a secret is not.
+                close = difflib.get_close_matches(key, KEY_ALIASES, n=1, cutoff=0.75) if len(key) <= 30 else []
+                shown = (f"unknown key {km.group(1)!r} (did you mean {close[0]!r}?)" if close
+                         else "an unknown key (not shown, as it may be part of a secret)")
                 raise ConfigError(
                     f"{label}: field {pos + 1} has {shown}. Fix: use one of {known} "
                     "(a value that contains '=' must be written key=value, e.g. secret=abc=)."
@@ -382,10 +419,11 @@ def split_item(text: str, number: int) -> _Item:
             name, value = POSITIONAL_FIELDS[pos], part
             if not value:
                 continue
+            positional[name] = pos + 1
         if name in fields:
             raise ConfigError(f"{label}: field {name!r} is given twice. Fix: keep only one.")
         fields[name] = value
-    return _Item(number, fields, url, label)
+    return _Item(number, fields, url, label, positional)
 
 
 @dataclass(frozen=True)
@@ -407,9 +445,16 @@ def _split_url(url: str) -> _UrlParts:
     By hand rather than with urllib, because libpq reads ``+`` in a query literally and because the
     errors here must not depend on what a broken URL happens to contain. Raises ConfigError, naming no
     part of the URL, when the user or password holds an unencoded ``/``, ``?`` or ``#``: the structure
-    is then ambiguous and any piece of the URL may be part of the password.
+    is then ambiguous and any piece of the URL may be part of the password; the same for more than one
+    ``@``: libpq ends the password at the first ``@``, so a raw one in a password is never understood alike.
     """
     rest = url.split("://", 1)[1] if "://" in url else url
+    if rest.count("@") > 1:
+        raise ConfigError(
+            "field 'url': more than one '@', so one is inside the user, password or database name (URL not "
+            "shown: any part of it may be the password). Fix: encode @ as %40 there, keeping only the @ before "
+            "the host; likewise / %2F, ? %3F, # %23, , %2C, % %25."
+        )
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     authority, after = rest[:end], rest[end:]
     if "@" not in authority and "@" in after:
@@ -458,15 +503,15 @@ def parse_url(url: str, where: str) -> PgTarget:
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     bad = f"{where}: field 'url'"
-    host = u.host
-    if not host:
+    if not u.host:
         raise ConfigError(f"{bad}: no host. Fix: postgres://user:pass@HOST:5432/db.")
-    if _CONTROL.search(host) or " " in host:
+    if not u.host.isprintable() or " " in u.host:
         raise ConfigError(f"{bad}: the host contains spaces or control characters. Fix: write a host name or "
                           "address.")
+    host = _plain(u.host)  # for messages; u.host is the value
     if u.port == "":
         port = 5432
-    elif u.port.isascii() and u.port.isdigit() and 1 <= int(u.port) <= 65535:
+    elif u.port.isascii() and u.port.isdigit() and len(u.port) <= 5 and 1 <= int(u.port) <= 65535:
         port = int(u.port)
     else:
         # Never echo the port text: in postgres://user:secret/db (no @host) it is the password.
@@ -495,15 +540,23 @@ def parse_url(url: str, where: str) -> PgTarget:
                               f"Fix: use one of {', '.join(SSL_MODES)}.")
         if key == "connect_timeout":
             parse_int(value, f"{bad}: connect_timeout (host {host})", minimum=0, maximum=3600)
+        if "\x00" in value:
+            raise ConfigError(f"{bad}: query parameter {key!r} contains %00, a NUL character, which libpq cannot "
+                              f"take (host {host}). Fix: remove the %00.")
         if key in seen:
             raise ConfigError(f"{bad}: query parameter {key!r} is given twice (host {host}). Fix: keep one.")
         seen[key] = value
     database = urllib.parse.unquote(u.path[1:]) or "postgres"
     password = urllib.parse.unquote(u.password) if u.password is not None else None
+    user = urllib.parse.unquote(u.user)
+    for part, text in (("user", user), ("password", password), ("database name", database)):
+        if text is not None and "\x00" in text:
+            raise ConfigError(f"{bad}: the {part} contains %00, a NUL character, which PostgreSQL cannot take "
+                              f"(host {host}). Fix: remove the %00.")
     return PgTarget(
-        host=host,
+        host=u.host,
         port=port,
-        user=urllib.parse.unquote(u.user),
+        user=user,
         password=Secret(password) if password else None,
         database=database,
         params=tuple(seen.items()),
@@ -564,7 +617,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     glob_s3 = S3Settings(
         endpoint=check_endpoint(env["S3_ENDPOINT"], "S3_ENDPOINT") if _get(env, "S3_ENDPOINT") else None,
         region=check_region(region, "S3_REGION") if region else None,
-        access_key=Secret(access) if access else None,
+        access_key=Secret(access, scrub=False) if access else None,  # an identifier, not a secret
         secret_key=Secret(secret) if secret else None,
         force_path_style=parse_bool(_get(env, "S3_FORCE_PATH_STYLE", "false"), "S3_FORCE_PATH_STYLE"),
         checksum=checksum,
@@ -602,9 +655,15 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             if not Path(bindir, tool).exists():
                 raise ConfigError(f"PG_BIN_DIR: no {tool} in {_show(bindir)}. "
                                   "Fix: point it at the PostgreSQL client's bin folder, or unset it.")
-    global_prefix = "/".join(p for p in _get(env, "GLOBAL_PREFIX").split("/") if p.strip())
-    if _CONTROL.search(global_prefix):
-        raise ConfigError("GLOBAL_PREFIX: contains control characters. Fix: use letters, digits, - _ . and /.")
+    segments = [p for p in _get(env, "GLOBAL_PREFIX").split("/") if p.strip()]
+    global_prefix = "/".join(segments)
+    if not global_prefix.isprintable():
+        raise ConfigError(f"GLOBAL_PREFIX: {_show(global_prefix)} contains control characters. "
+                          "Fix: use letters, digits, - _ . and /.")
+    if any(p in (".", "..") for p in segments):
+        raise ConfigError(f"GLOBAL_PREFIX: {_show(global_prefix)} has a '.' or '..' folder, which would put keys "
+                          "outside the prefix or make two names for one folder. Fix: use plain folder names, "
+                          "such as backups/prod.")
 
     raw = env.get("PG_URLS", "")
     if not raw.strip():
@@ -615,6 +674,10 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     connections = _name_connections(connections)
 
     password = env.get("ZIP_PASSWORD", "")
+    if password and len(password) < MIN_ZIP_PASSWORD:
+        # Neither the password nor its length: both would help a guesser.
+        log.warning("ZIP_PASSWORD: shorter than %d characters, so anyone holding an archive can guess it "
+                    "offline. Fix: use a passphrase of %d characters or more.", MIN_ZIP_PASSWORD, MIN_ZIP_PASSWORD)
     return Config(
         connections=tuple(connections),
         timezone=tz,
@@ -639,22 +702,31 @@ def _connection(
     f = item.fields
     where = item.label or f"PG_URLS item {item.number}"
     pg = parse_url(item.url, where)
+
+    def field_name(name: str) -> str:
+        pos = item.positional.get(name)
+        return f"{where}: field {name!r}" + (f" (positional field {pos})" if pos else "")
+
     prefix = f.get("prefix") or None
-    if prefix is not None and ("/" in prefix or prefix in (".", "..") or _CONTROL.search(prefix)):
+    if prefix is not None and ("/" in prefix or prefix in (".", "..") or not prefix.isprintable()):
         raise ConfigError(
             f"{where}: field 'prefix': {_show(prefix)} may not contain '/' or control characters, nor be . or "
             "'..'. Fix: use a plain name; put folders in GLOBAL_PREFIX."
         )
-    bucket = check_bucket(f["bucket"], f"{where}: field 'bucket'") if "bucket" in f else global_bucket
+    # A value given by position is never shown: a left-out field moves a key into its place.
+    bucket = (check_bucket(f["bucket"], field_name("bucket"), positional="bucket" in item.positional)
+              if "bucket" in f else global_bucket)
     s3 = glob_s3
     if "endpoint" in f:
-        s3 = replace(s3, endpoint=check_endpoint(f["endpoint"], f"{where}: field 'endpoint'"))
+        s3 = replace(s3, endpoint=check_endpoint(f["endpoint"], field_name("endpoint"),
+                                                 positional="endpoint" in item.positional))
     if "region" in f:
         s3 = replace(s3, region=check_region(f["region"], f"{where}: field 'region'"))
     if "forcepath" in f:
-        s3 = replace(s3, force_path_style=parse_bool(f["forcepath"], f"{where}: field 'forcepath'"))
+        s3 = replace(s3, force_path_style=parse_bool(f["forcepath"], field_name("forcepath"),
+                                                     positional="forcepath" in item.positional))
     if "access" in f or "secret" in f:
-        access = Secret(f["access"]) if f.get("access") else s3.access_key
+        access = Secret(f["access"], scrub=False) if f.get("access") else s3.access_key
         secret = Secret(f["secret"]) if f.get("secret") else s3.secret_key
         if not access or not secret:
             given, missing = ("access", "secret") if f.get("access") else ("secret", "access")
@@ -700,8 +772,8 @@ def _name_connections(connections: list[Connection]) -> list[Connection]:
     for c in named:
         if c.name in seen:
             raise ConfigError(
-                f"PG_URLS item {c.index + 1} ({c.name}): field 'prefix': the name {c.name!r} is already used by "
-                f"item {seen[c.name] + 1}, and both would write to the same folder. "
+                f"PG_URLS item {c.index + 1} ({_plain(c.name)}): field 'prefix': the name {_show(c.name)} is already "
+                f"used by item {seen[c.name] + 1}, and both would write to the same folder. "
                 "Fix: give one of them a distinct prefix (prefix|...|postgres://...)."
             )
         seen[c.name] = c.index

@@ -5,6 +5,7 @@ The Lambda edge uses Powertools' Logger instead; both install :class:`RedactingF
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -23,7 +24,11 @@ class RedactingFilter(logging.Filter):
     """Render the message once, scrub every registered secret from it, and keep the result."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = redact(record.getMessage())
+        try:
+            message = redact(record.getMessage())
+        except Exception:  # a log call must never raise, least of all on an error path
+            # The arguments are left out: they, not the format, are where a secret would be.
+            message = redact(f"{record.msg} [the log arguments did not fit this message]")
         record.msg, record.args = message, None
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
@@ -96,13 +101,43 @@ def log_file_path(value: str | None) -> Path | None:
     return default if writable else None
 
 
+class LogFileHandler(logging.handlers.RotatingFileHandler):
+    """The rotating log file, which warns once when it cannot be written (a full disk) and goes on.
+
+    logging's own handleError prints a traceback for every line it fails to write: dozens in one run,
+    burying the run's own messages. Here the first failure logs one warning, which reaches the console
+    (the file cannot take it), and later ones are silent. Every line is still tried, so the file picks up
+    again once there is room."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path, maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT, encoding="utf-8")
+        self.warned = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)  # a bug in a record (bad arguments), not the file: keep logging's report
+            return
+        if self.warned:
+            return
+        self.warned = True  # first: the warning below comes back here, and must not warn again
+        logging.getLogger("pgbkp.logs").warning(
+            "write log file %s: %s. The run goes on; lines reach the console only, until the file can be "
+            "written again. Fix: free space on that disk, or set LOG_FILE=off.", self.baseFilename,
+            exc.strerror or exc)
+
+    def close(self) -> None:
+        """Close even when the last buffered lines cannot be written (that was warned about already)."""
+        with contextlib.suppress(OSError):
+            super().close()
+
+
 def add_file(path: str | os.PathLike[str], fmt: str | None = None) -> logging.Handler:
     """Add a rotating file (10 MB x 5) to the ``pgbkp`` logger, JSON unless LOG_FORMAT=text.
 
     It gets plain lines only: progress bars go to the terminal, never here."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT,
-                                                   encoding="utf-8")
+    handler = LogFileHandler(path)
     handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
     handler.addFilter(RedactingFilter())
     logging.getLogger("pgbkp").addHandler(handler)

@@ -1,8 +1,14 @@
 """Secrets that cannot leak: a redacting string type and a process-wide scrubber for text.
 
-Every secret the configuration reads is wrapped in :class:`Secret` and registered here, so that log
-handlers and error printers can scrub it (and its percent-encoded form) from any text, whatever path
-the text took to get there.
+Messages are built from parts that hold no secret; this module is the safety net behind that rule. Every
+secret the configuration reads is wrapped in :class:`Secret`, and the long ones are registered here, so
+that log handlers and error printers scrub them (and their percent-encoded forms) from any text, whatever
+path the text took, a third-party error message included.
+
+Only values of :data:`MIN_SCRUBBED` characters or more are scrubbed. Substring replacement of a short value
+garbles ordinary text (a ZIP password ``backup`` turned ``s3://backups/`` into ``s3://**redacted**s/``),
+and the commonest short passwords (``postgres``, ``password``, ``changeme``) are also words our messages
+use. Ten characters and up are, in practice, never a word or name that a message holds by chance.
 """
 
 from __future__ import annotations
@@ -11,19 +17,25 @@ import threading
 import urllib.parse
 
 REDACTED = "**redacted**"
+#: Shorter values are not scrubbed (see the module's docstring): messages never contain them by construction.
+MIN_SCRUBBED = 10
 
 _lock = threading.Lock()
 _known: set[str] = set()
 
 
 class Secret:
-    """A string whose repr and str never show the value; call :meth:`reveal` where it is really needed."""
+    """A string whose repr and str never show the value; call :meth:`reveal` where it is really needed.
+
+    ``scrub=False`` keeps an identifier that travels with a secret (an S3 access key ID) out of the
+    scrubber: it is not secret, and scrubbing it would garble names that contain it (``http://minio:9000``)."""
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, *, scrub: bool = True) -> None:
         self._value = value
-        register(value)
+        if scrub:
+            register(value)
 
     def reveal(self) -> str:
         return self._value
@@ -45,9 +57,9 @@ class Secret:
 
 
 def register(value: str) -> None:
-    """Remember a secret value so that :func:`redact` scrubs it. Very short values are ignored: they
-    would turn ordinary words into noise, and they are not worth hiding."""
-    if len(value) < 4:
+    """Remember a secret value so that :func:`redact` scrubs it, if it has :data:`MIN_SCRUBBED` characters
+    or more: a shorter one would turn ordinary words into noise, so it must simply never reach a message."""
+    if len(value) < MIN_SCRUBBED:
         return
     forms = {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value, safe="")}
     with _lock:
