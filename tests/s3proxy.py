@@ -7,7 +7,10 @@ Tests point an S3 client at :attr:`S3Proxy.endpoint` instead of the server itsel
   (the listening socket is closed and open connections are dropped, so clients see refused connections);
 - :meth:`S3Proxy.fail` to answer chosen requests with an HTTP error, before or after forwarding them;
 - :meth:`S3Proxy.delay` to slow chosen requests down, while :attr:`S3Proxy.max_in_flight` counts how many
-  matching requests were in flight at once.
+  matching requests were in flight at once;
+- :meth:`S3Proxy.hold` to stop chosen requests at a gate (before forwarding them, or after, with the
+  answer held back) until the test releases it: faults and signals driven by "this request is in
+  flight now" rather than by sleeps.
 
 The request body is read whole (parts are a few MiB in tests), and the Host header is passed through
 unchanged so a server that checks signatures would still accept the request.
@@ -87,6 +90,28 @@ class _Delay:
     seconds: float
 
 
+class Gate:
+    """Matching requests wait here until :meth:`release`; :attr:`arrived` is set when the first one does."""
+
+    def __init__(self, match: Matcher, after: bool) -> None:
+        self.match, self.after = match, after
+        self.arrived = threading.Event()
+        self._open = threading.Event()
+        self.count = 0
+
+    def wait_arrived(self, timeout: float = 30.0) -> None:
+        if not self.arrived.wait(timeout):
+            raise TimeoutError("s3proxy: no request reached the gate")
+
+    def release(self) -> None:
+        self._open.set()
+
+    def pass_through(self) -> None:
+        self.count += 1
+        self.arrived.set()
+        self._open.wait(120)
+
+
 @dataclass
 class S3Proxy:
     upstream: str  # http://host:port of the real server
@@ -96,6 +121,7 @@ class S3Proxy:
     _in_flight: int = 0
     _faults: list[_Fault] = field(default_factory=list)
     _delays: list[_Delay] = field(default_factory=list)
+    _gates: list[Gate] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -127,6 +153,9 @@ class S3Proxy:
         server, self._server = self._server, None
         if server is None:
             return
+        with self._lock:
+            for gate in self._gates:
+                gate.release()
         server.shutdown()
         server.server_close()
         with self._lock:
@@ -163,8 +192,19 @@ class S3Proxy:
         with self._lock:
             self._delays.append(_Delay(match, seconds))
 
+    def hold(self, match: Matcher, *, after: bool = False) -> Gate:
+        """Hold matching requests at a gate until it is released; ``after``: forward them first, so the
+        server has done the work while the client still waits for its answer."""
+        gate = Gate(match, after)
+        with self._lock:
+            self._gates.append(gate)
+        return gate
+
     def clear(self) -> None:
         with self._lock:
+            for gate in self._gates:
+                gate.release()
+            self._gates.clear()
             self._faults.clear()
             self._delays.clear()
             self.requests.clear()
@@ -191,6 +231,10 @@ class S3Proxy:
                         f.times -= 1
                     return f
         return None
+
+    def _gate_for(self, req: Request, after: bool) -> Gate | None:
+        with self._lock:
+            return next((g for g in self._gates if g.after == after and g.match(req)), None)
 
     def _delay_for(self, req: Request) -> float:
         with self._lock:
@@ -260,10 +304,14 @@ class _Handler(BaseHTTPRequestHandler):
         with owner._counting(delay > 0):
             if delay:
                 time.sleep(delay)
+            if (gate := owner._gate_for(req, after=False)) is not None:
+                gate.pass_through()
             if fault is not None and not fault.after:
                 self._reply(fault.status, {"Content-Type": "application/xml"}, _error_body(fault.code, req))
                 return
             status, out_headers, out_body = self._forward(req, body)
+            if (gate := owner._gate_for(req, after=True)) is not None:
+                gate.pass_through()
         if fault is not None:
             self._reply(fault.status, {"Content-Type": "application/xml"}, _error_body(fault.code, req))
             return

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pgbkp import config, keys, pipeline
+from pgbkp.storage import PendingUpload
 from pgbkp.storage.memory import MemoryStorage
 from pgbkp.storage.s3 import S3Storage
 from tests.helpers import all_keys, make_bucket, pending_uploads, run_cli, s3_client
@@ -145,22 +146,31 @@ def test_stale_multipart_uploads_are_aborted_only_in_own_folder(s3: S3Server) ->
     job = pipeline.Job(conn, "shop", bucket, keys.object_key("", "main", "shop", datetime(2026, 1, 1), "main"),
                        datetime(2026, 1, 1))
     storage = S3Storage(conn.s3)
-    # moto reports every upload as initiated in 2010, so the age rule is checked in memory below.
-    assert pipeline.clean_stale_uploads(storage, job) == 1
+    # moto reports every upload as initiated in 2010, so the idle rule is checked in memory below.
+    assert pipeline.clean_stale_uploads(cfg, storage, job) == 1
     left = {u["UploadId"] for u in pending_uploads(s3, bucket)}
     assert left == {theirs["UploadId"]}
     assert mine["UploadId"] not in left
 
 
-def test_only_uploads_older_than_a_day_are_stale() -> None:
+def test_only_our_uploads_idle_for_an_hour_are_stale() -> None:
+    """A killed run's upload is cleaned at the next backup without a day's wait, but never one that a
+    live run may own: this run's own key (a run of the same minute), one with a part in the last hour,
+    or a name that is not this database's backup (somebody else's upload in the folder)."""
     store = MemoryStorage(["bkt"])
     cfg = config.load({"PG_URLS": "main|bucket=bkt|postgres://u@h/db"})
+    now = datetime.now(UTC)
     job = pipeline.Job(cfg.connections[0], "shop", "bkt",
-                       keys.object_key("", "main", "shop", datetime(2026, 1, 1), "main"), datetime(2026, 1, 1))
-    store.upload("bkt", job.folder + "in-progress.zip")
-    assert pipeline.clean_stale_uploads(store, job) == 0  # maybe another run, still going
-    assert pipeline.clean_stale_uploads(store, job, now=datetime.now(UTC) + timedelta(hours=25)) == 1
-    assert list(store.pending_uploads("bkt", "")) == []
+                       keys.object_key("", "main", "shop", datetime(2026, 1, 1, 3, 0), "main"), datetime(2026, 1, 1))
+    earlier = keys.object_key("", "main", "shop", datetime(2025, 12, 31, 3, 0), "main")
+    for key in (earlier, job.key, job.folder + "someone-elses.zip"):
+        store.upload("bkt", key)
+    assert pipeline.clean_stale_uploads(cfg, store, job, now=now + timedelta(minutes=59)) == 0  # maybe still live
+    assert pipeline.clean_stale_uploads(cfg, store, job, now=now + timedelta(minutes=61)) == 1
+    left = sorted(u.key for u in store.pending_uploads("bkt", ""))
+    assert left == sorted([job.key, job.folder + "someone-elses.zip"])
+    recent = PendingUpload("bkt", earlier, "u1", now - timedelta(days=3), last_part=now - timedelta(minutes=5))
+    assert recent.last_activity == now - timedelta(minutes=5)
 
 
 def test_retention_never_deletes_the_object_just_written() -> None:

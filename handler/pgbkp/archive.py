@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import importlib
 import math
 import os
@@ -27,6 +28,8 @@ from typing import Any, Protocol
 
 from pyzipper.zipfile import BadZipFile
 from pyzipper.zipfile_aes import AESZipDecrypter, AESZipEncrypter
+
+from pgbkp import integrity
 
 
 def _deflate_module() -> types.ModuleType:
@@ -81,6 +84,7 @@ class ArchiveStats:
     compressed_bytes: int  # deflate payload bytes (before encryption overhead)
     archive_bytes: int  # total bytes written to the sink
     crc32: int
+    sha256: str  # of the archive up to its integrity record (pgbkp.integrity)
 
 
 # --- ZIP constants ------------------------------------------------------------------------------
@@ -317,6 +321,7 @@ class ZipStreamWriter:
         self._compressed = 0
         self._crc = 0
         self._written = 0
+        self._sha = hashlib.sha256()
         self._stats: ArchiveStats | None = None
         self._aborted = False
         try:
@@ -364,12 +369,12 @@ class ZipStreamWriter:
                     self._emit_block(self._pending.popleft().result())
             if self._encrypter:
                 self._emit(self._encrypter.flush())  # the 10-byte HMAC-SHA1 authentication code
-            self._emit(self._trailer())
+            record = self._emit_trailer()
         except BaseException:
             self.abort()
             raise
         self._shutdown_pool(cancel=False)
-        self._stats = ArchiveStats(self._raw, self._compressed, self._written, self._crc)
+        self._stats = ArchiveStats(self._raw, self._compressed, self._written, self._crc, record.sha256)
         return self._stats
 
     def abort(self) -> None:
@@ -428,8 +433,24 @@ class ZipStreamWriter:
         self._emit(out)
 
     def _emit(self, data: bytes) -> None:
+        self._sha.update(data)
         self._sink.write(data)
         self._written += len(data)
+
+    def _emit_trailer(self) -> integrity.Record:
+        """The end records, then the integrity record as the archive comment: the hash it carries
+        covers every byte before it, the comment's length field included."""
+        ends = self._trailer(comment_length=0)
+        size = self._written + len(ends)
+        length = integrity.encoded_length(size, self._raw)
+        ends = self._trailer(comment_length=length)
+        self._emit(ends)
+        record = integrity.Record(self._sha.hexdigest(), size, self._raw)
+        comment = record.encode()
+        assert len(comment) == length
+        self._sink.write(comment)
+        self._written += len(comment)
+        return record
 
     def _method_fields(self) -> tuple[int, int, int, bytes]:
         """(version needed, flags, method, AES extra) shared by the local and central headers."""
@@ -452,8 +473,9 @@ class ZipStreamWriter:
         )  # fmt: skip
         return header + self._name + extra
 
-    def _trailer(self) -> bytes:
-        """Data descriptor, central directory (always ZIP64 sizes), ZIP64 end records, end record."""
+    def _trailer(self, comment_length: int) -> bytes:
+        """Data descriptor, central directory (always ZIP64 sizes), ZIP64 end records, end record
+        (announcing a comment of ``comment_length`` bytes, which follows it)."""
         version, flags, method, aes = self._method_fields()
         crc = self._crc
         stored_size = self._written - self._data_start
@@ -470,7 +492,7 @@ class ZipStreamWriter:
             len(central), cd_offset,
         )  # fmt: skip
         locator = _LOCATOR.pack(_SIG_LOCATOR, 0, eocd64_offset, 1)
-        eocd = _EOCD.pack(_SIG_EOCD, 0, 0, 1, 1, len(central), min(cd_offset, _U32_MAX), 0)
+        eocd = _EOCD.pack(_SIG_EOCD, 0, 0, 1, 1, len(central), min(cd_offset, _U32_MAX), comment_length)
         return descriptor + central + eocd64 + locator + eocd
 
 
@@ -498,9 +520,15 @@ class MemberReader:
     def __init__(self, source: SupportsRead, password: bytes | None = None, *, chunk_size: int = 1 << 20) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        self._source = source
+        self._hash = integrity.TailHoldingHash(source.read)
+        self._source: SupportsRead = self._hash
         self._chunk_size = chunk_size
         self._ahead = b""
+        #: The archive's verified integrity record, or None for an archive without one (v1 backups,
+        #: other tools); set when iteration ends. Whether one is required is the caller's decision.
+        self.record: integrity.Record | None = None
+        #: SHA-256 of the whole object as read, for records kept outside it (v1's ``sha256`` metadata).
+        self.object_sha256 = ""
         self._offset = 0  # bytes of the object consumed so far
         self._started = False
         self.raw_bytes = 0
@@ -698,8 +726,11 @@ class MemberReader:
         if len(end) < _EOCD.size or not end.startswith(_SIG_EOCD):
             raise fail("missing end of central directory record")
         _sig, disk, cd_disk, here, total, size32, offset32, comment = _EOCD.unpack_from(end)
-        if len(end) != _EOCD.size + comment:
+        if len(end) < _EOCD.size + comment:
+            raise fail("truncated archive comment (the integrity record)")
+        if len(end) > _EOCD.size + comment:
             raise fail("unexpected data after the end record")
+        self._check_record(end[_EOCD.size:], fail)
         if (
             disk not in (0, _U16_MAX)
             or cd_disk not in (0, _U16_MAX)
@@ -709,6 +740,28 @@ class MemberReader:
             or offset32 not in (cd_offset, _U32_MAX)
         ):
             raise fail("end record does not match the central directory")
+
+
+    def _check_record(self, comment: bytes, fail: Any) -> None:
+        """A comment must be our integrity record and match every byte before it. Only an archive
+        without a comment (v1 backups) has no record: a damaged one never passes for that."""
+        self.object_sha256 = self._hash.digest()
+        if not comment:
+            return
+        try:
+            record = integrity.parse(comment)
+        except integrity.IntegrityRecordError as exc:
+            raise fail(str(exc)) from None
+        hashed = self._hash.count - len(comment)
+        if record.size != hashed:
+            raise fail(f"the integrity record covers {record.size} bytes, the archive has {hashed} before it")
+        if record.raw_size != self.raw_bytes:
+            raise fail(f"the integrity record says {record.raw_size} bytes of dump, inflated {self.raw_bytes}")
+        actual = self._hash.digest_without(len(comment))
+        if actual != record.sha256:
+            raise fail(f"SHA-256 mismatch: the archive hashes to {actual}, its integrity record says "
+                       f"{record.sha256}: it changed after the backup")
+        self.record = record
 
 
 def _from_dos(dos_time: int, dos_date: int) -> datetime | None:

@@ -21,6 +21,14 @@ class NotFoundError(StorageError):
     """The bucket or object does not exist."""
 
 
+class ObjectExistsError(StorageError):
+    """The key already holds an object, which an upload never replaces (it is kept as it is)."""
+
+
+class UploadStoppedError(StorageError):
+    """The caller's stop request (signal, time limit) ended an upload while it waited on the store."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     bucket: str
@@ -43,20 +51,28 @@ class PendingUpload:
     key: str
     upload_id: str
     initiated: datetime
+    #: When its newest part arrived (the initiation if none did): how long it has been idle.
+    last_part: datetime | None = None
+
+    @property
+    def last_activity(self) -> datetime:
+        return max(self.initiated, self.last_part) if self.last_part else self.initiated
 
 
 class Upload(Protocol):
-    """A write-only stream into one object. Nothing is visible under the key until :meth:`commit`."""
+    """A write-only stream into one new object. Nothing is visible under the key until :meth:`commit`,
+    which lands it in one write, with the metadata given when the upload began."""
 
     bytes_written: int
 
     def write(self, data: bytes | bytearray | memoryview) -> None: ...
 
-    def commit(self, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        """Finish the object, add ``metadata`` plus its ``sha256``, and check what landed.
+    def commit(self) -> ObjectInfo:
+        """Make the object visible, whole, in one write; never over an object already under the key
+        (ObjectExistsError, and that object is kept).
 
-        On failure it cleans up itself (no pending upload, no half-made object, never an older object
-        under the key) and raises StorageError; a later :meth:`abort` is then a no-op."""
+        On failure it cleans up itself (no pending upload) and raises StorageError; it never deletes an
+        object, since what may have landed is whole. A later :meth:`abort` is then a no-op."""
         ...
 
     def abort(self) -> None:
@@ -85,7 +101,11 @@ class Storage(Protocol):
     def head(self, bucket: str, key: str) -> ObjectInfo: ...
 
     def upload(self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None,
-               on_progress: Callable[[int], None] | None = None) -> Upload: ...
+               on_progress: Callable[[int], None] | None = None,
+               should_stop: Callable[[], bool] = lambda: False) -> Upload:
+        """Start a new object; ObjectExistsError if the key holds one already. ``should_stop`` is
+        polled while waiting on the store: when it turns true the upload raises UploadStoppedError."""
+        ...
 
     def download(self, bucket: str, key: str) -> Download: ...
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 
-from pgbkp.storage import NotFoundError, ObjectInfo, PendingUpload, StorageError
+from pgbkp.storage import NotFoundError, ObjectExistsError, ObjectInfo, PendingUpload, StorageError
 
 _ids = itertools.count(1)
 
@@ -34,13 +33,14 @@ class MemoryUpload:
         if self._on_progress is not None:
             self._on_progress(len(data))
 
-    def commit(self, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def commit(self) -> ObjectInfo:
         if self._state != "open":
             raise StorageError(f"upload s3://{self.bucket}/{self.key}: commit after {self._state}")
-        body = bytes(self._buf)
-        final = {**self._metadata, **(metadata or {}), "sha256": hashlib.sha256(body).hexdigest()}
-        self._store.put(self.bucket, self.key, body, final)
         self._store.pending.pop(self._pending.upload_id, None)
+        self._state = "aborted"
+        if not self._store.put(self.bucket, self.key, bytes(self._buf), self._metadata, if_absent=True):
+            raise ObjectExistsError(f"upload s3://{self.bucket}/{self.key}: another backup landed under this key "
+                                    "while we uploaded; it was kept and ours was dropped")
         self._state = "committed"
         return self._store.head(self.bucket, self.key)
 
@@ -75,11 +75,17 @@ class MemoryStorage:
                                 "S3_BUCKET / bucket= / db_buckets=")
         return self.objects[bucket]
 
-    def put(self, bucket: str, key: str, body: bytes, metadata: Mapping[str, str] | None = None) -> None:
+    def put(self, bucket: str, key: str, body: bytes, metadata: Mapping[str, str] | None = None, *,
+            if_absent: bool = False) -> bool:
+        """Store an object; with ``if_absent`` only where the key is free (says whether it stored)."""
         with self._lock:
             # S3 lower-cases user metadata names; so does this fake, so callers cannot come to rely on case.
             meta = {k.lower(): v for k, v in (metadata or {}).items()}
-            self._bucket(bucket)[key] = (body, meta, datetime.now(UTC))
+            objects = self._bucket(bucket)
+            if if_absent and key in objects:
+                return False
+            objects[key] = (body, meta, datetime.now(UTC))
+            return True
 
     def check_bucket(self, bucket: str) -> None:
         self._bucket(bucket, "check bucket")
@@ -100,8 +106,11 @@ class MemoryStorage:
         return ObjectInfo(bucket, key, len(body), when, dict(meta))
 
     def upload(self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None,
-               on_progress: Callable[[int], None] | None = None) -> MemoryUpload:
-        self._bucket(bucket)
+               on_progress: Callable[[int], None] | None = None,
+               should_stop: Callable[[], bool] = lambda: False) -> MemoryUpload:
+        if key in self._bucket(bucket):
+            raise ObjectExistsError(f"upload s3://{bucket}/{key}: a backup already exists under this key (made in "
+                                    "the same minute by another run?); it was kept and nothing was written")
         return MemoryUpload(self, bucket, key, metadata or {}, on_progress)
 
     def download(self, bucket: str, key: str) -> MemoryDownload:

@@ -8,12 +8,15 @@ exists only after an explicit :meth:`S3Upload.commit`, and any failure aborts th
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import logging
+import queue
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -21,7 +24,14 @@ import botocore.config
 import botocore.exceptions
 
 from pgbkp.config import S3Settings
-from pgbkp.storage import NotFoundError, ObjectInfo, PendingUpload, StorageError
+from pgbkp.storage import (
+    NotFoundError,
+    ObjectExistsError,
+    ObjectInfo,
+    PendingUpload,
+    StorageError,
+    UploadStoppedError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +39,10 @@ log = logging.getLogger(__name__)
 #: reach ~440 GB while memory stays at a few parts for ordinary dumps.
 PARTS_PER_STEP = 1000
 MAX_PARTS = 10_000
-#: The largest object CopyObject accepts; above it the metadata self-copy is a multipart copy.
-MAX_COPY_SIZE = 5 * 1024**3
-COPY_PART_SIZE = 512 * 1024**2
-MIN_PART_SIZE = 5 * 1024**2
+#: How often a producer waiting on the store looks at its stop request.
+STOP_POLL_SECONDS = 0.2
+#: A conditional write (If-None-Match: *) refused: something is already under the key.
+_PRECONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 #: DeleteObjects takes at most 1000 keys.
 DELETE_BATCH = 1000
 _STRIPPED_PREFIXES = ("x-amz-checksum-", "x-amz-sdk-checksum-algorithm")
@@ -54,6 +64,11 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return "no S3 credentials. Fix: set S3_ACCESS_KEY and S3_SECRET_KEY, or give the role access"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code")
+               or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
 
 
 def _error(op: str, bucket: str, key: str, exc: BaseException) -> StorageError:
@@ -125,40 +140,73 @@ def _multipart_etag(part_etags: Sequence[str]) -> str:
     return _quote(f"{digest.hexdigest()}-{len(part_etags)}")
 
 
-class S3Upload:
-    """Stream bytes into one object: one PUT if small, else a multipart upload with parts in flight
-    on a few threads. Memory is bounded by about ``(concurrency + 1) x part size`` plus one write.
+class _PartThreads:
+    """A few daemon threads that upload parts. Not a ThreadPoolExecutor: its threads are joined at
+    interpreter exit, so a part stuck on a slow store would hold a stopping process until the socket
+    times out; a stop must be honoured while parts are in flight (the upload is aborted first)."""
 
-    Not thread-safe: one producer calls write/commit/abort. ``on_progress`` runs on the part threads."""
+    def __init__(self, count: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[None], Callable[[], None]] | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(count)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable[[], None]) -> Future[None]:
+        fut: Future[None] = Future()
+        self._queue.put((fut, fn))
+        return fut
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fut, fn = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fn()
+            except BaseException as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(None)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+
+
+class S3Upload:
+    """Stream bytes into one new object: one PUT if small, else a multipart upload with parts in
+    flight on a few threads. Memory is bounded by about ``(concurrency + 1) x part size``.
+
+    One write per backup: the object appears whole at commit, with the metadata it was created with,
+    and is never copied, replaced or deleted afterwards. It never replaces an object already under the
+    key (checked when the upload starts, and ``If-None-Match: *`` on the request that lands it).
+
+    Not thread-safe: one producer calls write/commit/abort. ``should_stop`` is polled while the
+    producer waits for a free part slot or for the last parts, so a stop request is honoured even when
+    the store is slow; ``on_progress`` runs on the part threads."""
 
     def __init__(self, storage: S3Storage, bucket: str, key: str, metadata: Mapping[str, str],
-                 on_progress: Callable[[int], None] | None) -> None:
+                 on_progress: Callable[[int], None] | None, should_stop: Callable[[], bool]) -> None:
         self._s = storage
         self._client = storage.client
         self.bucket, self.key = bucket, key
         self._metadata = dict(metadata)
         self._on_progress = on_progress
+        self._should_stop = should_stop
         self._buf = bytearray()
-        self._sha = hashlib.sha256()
         self._upload_id: str | None = None
         self._parts: dict[int, dict[str, Any]] = {}  # PartNumber -> the part entry CompleteMultipartUpload needs
+        self._part_md5: dict[int, str] = {}
         # With flexible checksums on (AWS), botocore adds a CRC32 to every UploadPart; AWS expects the
         # upload to declare that algorithm when created and the complete request to list each part's CRC.
+        # Elsewhere each part carries a Content-MD5, so the store refuses a part damaged on the way.
         checksums = self._client.meta.config.request_checksum_calculation == "when_supported"
         self._algorithm: dict[str, str] = {"ChecksumAlgorithm": "CRC32"} if checksums else {}
         self._futures: list[Future[None]] = []
         self._slots = threading.Semaphore(storage.settings.concurrency)
-        self._pool: ThreadPoolExecutor | None = None
+        self._threads: _PartThreads | None = None
         self._failure: BaseException | None = None
         self._state = "open"
-        # Set just before the request that makes the object visible (PutObject or
-        # CompleteMultipartUpload): from then on a failed commit must remove what may have landed,
-        # but never an older object that was already under the key (its ETag is kept to tell them apart).
-        self._final_sent = False
-        #: ETags of objects this upload itself put under the key: only these may ever be deleted by a
-        #: failed commit. Another run writing the same key (a second scheduler, a same-minute re-run,
-        #: an hour repeated at the DST change) must never lose its object to our cleanup.
-        self._own_etags: set[str] = set()
         self.bytes_written = 0
 
     @property
@@ -172,7 +220,6 @@ class S3Upload:
         if self._state != "open":
             raise StorageError(f"upload {self.url}: write after {self._state}")
         self._raise_if_failed()
-        self._sha.update(data)
         self._buf += data
         self.bytes_written += len(data)
         while len(self._buf) >= self._part_size():
@@ -183,43 +230,54 @@ class S3Upload:
         if self._failure is not None:
             raise StorageError(f"upload {self.url}: {_describe(self._failure)}") from self._failure
 
+    def _raise_if_stopped(self) -> None:
+        if self._should_stop():
+            raise UploadStoppedError(f"upload {self.url}: stopped while parts were in flight")
+
+    def _wait(self, ready: Callable[[float], bool]) -> None:
+        """Wait until ``ready(timeout)`` says so, checking for a stop request between short waits."""
+        while not ready(STOP_POLL_SECONDS):
+            self._raise_if_stopped()
+            self._raise_if_failed()
+
     def _send_part(self, size: int) -> None:
         """Cut the next ``size`` bytes off the buffer and hand them to a part thread."""
         self._raise_if_failed()
         if self._upload_id is None:
             try:
                 resp = self._client.create_multipart_upload(
-                    Bucket=self.bucket, Key=self.key, Metadata=self._metadata, ContentType="application/zip",
-                    **self._algorithm)
+                    Bucket=self.bucket, Key=self.key, **self._s.create_args(self._metadata), **self._algorithm)
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
                 raise _error("upload", self.bucket, self.key, exc) from exc
             self._upload_id = resp["UploadId"]
-            self._pool = ThreadPoolExecutor(self._s.settings.concurrency, thread_name_prefix="s3-part")
+            self._threads = _PartThreads(self._s.settings.concurrency, "s3-part")
         number = len(self._futures) + 1
         if number > MAX_PARTS:
             raise StorageError(f"upload {self.url}: more than {MAX_PARTS} parts ({self.bytes_written} bytes so "
                                "far). Fix: raise S3_PART_SIZE_MB")
         # Take a slot *before* cutting the part, so at most `concurrency` parts live outside the buffer:
         # the producer blocks here while every slot is busy, which bounds memory whatever the dump size.
-        self._slots.acquire()
+        self._wait(lambda t: self._slots.acquire(timeout=t))
         if self._failure is not None:
             self._slots.release()
             self._raise_if_failed()
         with memoryview(self._buf) as view:
             part = bytes(view[:size])
         del self._buf[:size]
-        assert self._pool is not None
-        fut = self._pool.submit(self._upload_part, number, part)
+        assert self._threads is not None
+        fut = self._threads.submit(lambda: self._upload_part(number, part))
         fut.add_done_callback(lambda _f: self._slots.release())
         self._futures.append(fut)
 
     def _upload_part(self, number: int, data: bytes) -> None:
         if self._failure is not None or self._state == "aborted":
             return  # pointless now; commit() notices the missing part, abort() drops the upload
+        md5 = hashlib.md5(data)  # noqa: S324 - S3's Content-MD5 and ETag
+        self._part_md5[number] = md5.hexdigest()
+        checks = self._algorithm or {"ContentMD5": base64.b64encode(md5.digest()).decode()}
         try:
             resp = self._client.upload_part(
-                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=data,
-                **self._algorithm)
+                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=data, **checks)
         except Exception as exc:
             self._failure = self._failure or exc
             raise
@@ -230,91 +288,148 @@ class S3Upload:
         if self._on_progress is not None:
             self._on_progress(len(data))
 
-    def commit(self, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def commit(self) -> ObjectInfo:
+        """Land the object in one request. Nothing written here is ever deleted afterwards: once that
+        request is sent the object is either absent or whole (S3 makes it visible atomically), and
+        the archive carries its own integrity record. On failure the multipart upload is aborted."""
         if self._state != "open":
             raise StorageError(f"upload {self.url}: commit after {self._state}")
         self._state = "committing"
-        final = {**self._metadata, **(metadata or {}), "sha256": self._sha.hexdigest()}
         try:
-            if self._upload_id is None:
-                body = bytes(self._buf)
-                self._buf = bytearray()
-                self._before_landing(_quote(hashlib.md5(body).hexdigest()))  # noqa: S324 - S3's ETag
-                resp = self._client.put_object(Bucket=self.bucket, Key=self.key, Body=body, Metadata=final,
-                                               ContentType="application/zip")
-                self._own_etags.add(_norm_etag(resp.get("ETag")))
-                if self._on_progress is not None:
-                    self._on_progress(len(body))
-            else:
-                if self._buf or not self._futures:
-                    self._send_part(len(self._buf))
-                for fut in self._futures:
-                    fut.result()
-                self._raise_if_failed()
-                if len(self._parts) != len(self._futures):
-                    raise StorageError(f"upload {self.url}: {len(self._futures) - len(self._parts)} parts "
-                                       "were not uploaded")
-                parts = [self._parts[n] for n in sorted(self._parts)]
-                self._before_landing(_multipart_etag([p["ETag"] for p in parts]))
-                resp = self._client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": parts})
-                self._upload_id = None
-                self._own_etags.add(_norm_etag(resp.get("ETag")))
-                self._own_etags.add(_norm_etag(
-                    self._s.set_metadata(self.bucket, self.key, final, self.bytes_written, if_match=resp["ETag"])))
-            info = self._s.head(self.bucket, self.key)
-        except Exception as exc:
-            err = exc if isinstance(exc, StorageError) else _error("upload", self.bucket, self.key, exc)
-            raise self._fail_commit(err) from exc
-        if info.size != self.bytes_written or info.metadata.get("sha256") != final["sha256"]:
-            raise self._fail_commit(StorageError(
-                f"upload {self.url}: stored object has {info.size} bytes and sha256 "
-                f"{info.metadata.get('sha256')}, expected {self.bytes_written} and {final['sha256']}"))
+            info = self._put_whole() if self._upload_id is None else self._complete()
+        except BaseException as exc:  # Ctrl-C too: no pending upload may stay behind
+            err: BaseException = exc
+            if isinstance(exc, Exception) and not isinstance(exc, StorageError):
+                err = _error("upload", self.bucket, self.key, exc)
+            try:
+                self.abort()
+            except StorageError as abort_exc:
+                if isinstance(err, StorageError):
+                    err = type(err)(f"{err}; {abort_exc}")
+            if err is exc:
+                raise
+            raise err from exc
         self._state = "committed"
-        self._shutdown()
+        self._stop_threads()
         return info
 
-    def _before_landing(self, expected_etag: str) -> None:
-        """Just before the request that makes the object visible: if its answer is lost, the object
-        that landed is recognised by the ETag S3 computes (MD5, or MD5 of part MD5s)."""
-        self._own_etags.add(_norm_etag(expected_etag))
-        self._final_sent = True
-
-    def _fail_commit(self, err: StorageError) -> StorageError:
-        """A commit that failed half-way must leave neither a pending upload nor a half-made object
-        (one without its sha256, or whose completion answer was lost). Returns the error to raise."""
-        notes = []
+    def _put_whole(self) -> ObjectInfo:
+        body = bytes(self._buf)
+        self._buf = bytearray()
+        md5 = hashlib.md5(body)  # noqa: S324 - S3's Content-MD5 and ETag
+        checks = {} if self._algorithm else {"ContentMD5": base64.b64encode(md5.digest()).decode()}
+        expected = md5.hexdigest()
         try:
-            self.abort()
-        except StorageError as exc:
-            notes.append(str(exc))
-        if self._final_sent:
-            try:
-                if self._s.remove_if_ours(self.bucket, self.key, self._own_etags):
-                    notes.append("the incomplete object was removed")
-            except StorageError as exc:
-                notes.append(f"the incomplete object may remain: {exc}")
-        return type(err)("; ".join([str(err), *notes]))
+            resp = self._client.put_object(Bucket=self.bucket, Key=self.key, Body=body, IfNoneMatch="*",
+                                           **self._s.create_args(self._metadata), **checks)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            return self._resolve(exc, expected, len(body))
+        if self._on_progress is not None:
+            self._on_progress(len(body))
+        # The store checked the Content-MD5 (or CRC32) of what it received; it answers with the object.
+        return ObjectInfo(self.bucket, self.key, len(body), None, dict(self._metadata), resp.get("ETag"))
+
+    def _complete(self) -> ObjectInfo:
+        if self._buf or not self._futures:
+            self._send_part(len(self._buf))
+        for fut in self._futures:
+            self._wait(lambda t, f=fut: _settled(f, t))  # type: ignore[misc]
+            fut.result()
+        self._raise_if_failed()
+        if len(self._parts) != len(self._futures):
+            raise StorageError(f"upload {self.url}: {len(self._futures) - len(self._parts)} parts were not uploaded")
+        parts = [self._parts[n] for n in sorted(self._parts)]
+        expected = _multipart_etag([self._part_md5[n] for n in sorted(self._parts)])
+        self._raise_if_stopped()
+        try:
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": parts},
+                IfNoneMatch="*")
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            return self._resolve(exc, expected, self.bytes_written)
+        self._upload_id = None
+        return self._check_landed(expected)
+
+    def _check_landed(self, expected_etag: str) -> ObjectInfo:
+        """What the store now holds under the key must be this upload: its size, and its ETag where the
+        store computes ETags from MD5s (not with SSE-KMS). Catches a store that ignored If-None-Match
+        and let another writer's completion replace ours."""
+        info = self._s.head(self.bucket, self.key)
+        if info.size != self.bytes_written:
+            raise StorageError(f"upload {self.url}: the object under the key has {info.size} bytes, we wrote "
+                               f"{self.bytes_written}: another run wrote the same key (left as it is)")
+        if self._s.etags_are_md5 and _norm_etag(info.etag) != _norm_etag(expected_etag):
+            raise StorageError(f"upload {self.url}: the object under the key has ETag {info.etag}, ours is "
+                               f"{expected_etag}: another run wrote the same key (left as it is)")
+        return info
+
+    def _resolve(self, exc: BaseException, expected_etag: str, size: int) -> ObjectInfo:
+        """The request that lands the object failed as far as we know. It may have landed all the same:
+        an answer lost after botocore's retries, or a retry refused by If-None-Match because the first
+        try had landed. Look at what is under the key, but never delete: whatever is there stays."""
+        what = _describe(exc)
+        refused = isinstance(exc, botocore.exceptions.ClientError) and _code(exc) in _PRECONDITION_FAILED
+        try:
+            info = self._s.retrying("head", self.bucket, self.key,
+                                    lambda: self._client.head_object(Bucket=self.bucket, Key=self.key),
+                                    missing_ok=True)
+        except StorageError as head_exc:
+            raise StorageError(f"upload {self.url}: {what}; whether the object landed is unknown ({head_exc}). "
+                               "Nothing was deleted: if it is there, its integrity record shows whether it is "
+                               "whole (pgbkp verify)") from exc
+        if info is None:
+            raise StorageError(f"upload {self.url}: {what}") from exc
+        landed_etag = str(info.get("ETag", ""))
+        ours = int(info["ContentLength"]) == size and (
+            not self._s.etags_are_md5 or _norm_etag(landed_etag) == _norm_etag(expected_etag))
+        if not ours:
+            raise self._exists_error()
+        log.info("upload %s: %s, but the object that landed is ours (ETag %s)", self.url,
+                 "a retry was refused" if refused else "the answer was lost", landed_etag)
+        self._upload_id = None
+        return ObjectInfo(self.bucket, self.key, size, info.get("LastModified"), info.get("Metadata", {}),
+                          landed_etag)
+
+    def _exists_error(self) -> ObjectExistsError:
+        return ObjectExistsError(f"upload {self.url}: another backup landed under this key while we uploaded; "
+                                 "it was kept and ours was dropped")
 
     def abort(self) -> None:
-        """Drop the upload. Waits for parts in flight first (a part that lands after the abort would
-        otherwise keep a billed upload alive), then aborts with retries. Calling it again after a failed
-        abort retries; after a successful one it does nothing."""
+        """Drop the upload: no object, no pending multipart upload. The abort is sent at once, without
+        waiting for parts in flight, then again once they settle (a part landing after an abort can keep
+        a billed upload alive), all within the storage's abort deadline. Calling it again after a
+        failed abort retries; after a commit or a successful abort it does nothing."""
         if self._state == "committed":
             return
         self._state = "aborted"
         self._buf = bytearray()
         for fut in self._futures:
             fut.cancel()
-        self._shutdown()
-        if self._upload_id is not None:
-            self._s.abort_upload(self.bucket, self.key, self._upload_id)
-            self._upload_id = None
+        self._stop_threads()
+        if self._upload_id is None:
+            return
+        deadline = time.monotonic() + self._s.abort_timeout
+        self._s.abort_upload(self.bucket, self.key, self._upload_id, deadline=deadline)
+        in_flight = [f for f in self._futures if not f.done()]
+        if in_flight:
+            concurrent.futures.wait(in_flight, timeout=max(0.0, deadline - time.monotonic()))
+            self._s.abort_upload(self.bucket, self.key, self._upload_id, deadline=deadline)
+        self._upload_id = None
 
-    def _shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def _stop_threads(self) -> None:
+        if self._threads is not None:
+            self._threads.stop()
+            self._threads = None
+
+
+def _settled(fut: Future[None], timeout: float) -> bool:
+    try:
+        fut.exception(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        return False
+    except concurrent.futures.CancelledError:
+        pass
+    return True
 
 
 class S3Download:
@@ -335,19 +450,22 @@ class S3Download:
 class S3Storage:
     """:class:`pgbkp.storage.Storage` on one S3 endpoint."""
 
-    def __init__(self, settings: S3Settings, *, abort_timeout: float = 60.0, copy_threshold: int = MAX_COPY_SIZE,
-                 copy_part_size: int = COPY_PART_SIZE) -> None:
-        """``abort_timeout``: how long cleanup (abort, removing a half-made object) keeps retrying.
-        ``copy_threshold``/``copy_part_size``: above the threshold the metadata self-copy is a multipart
-        copy in parts of that size (tests lower both to exercise that path with small objects)."""
-        if not MIN_PART_SIZE <= copy_part_size <= MAX_COPY_SIZE or copy_threshold > MAX_COPY_SIZE:
-            raise ValueError("copy_part_size must be within 5 MiB..5 GiB and copy_threshold at most 5 GiB")
+    def __init__(self, settings: S3Settings, *, abort_timeout: float = 60.0) -> None:
+        """``abort_timeout``: how long cleanup after a failure (aborting an upload, also while parts are
+        still in flight) keeps retrying before it gives up and says what is left."""
         self.settings = settings
         self.client = make_client(settings)
         self.abort_timeout = abort_timeout
-        self.copy_threshold = copy_threshold
-        self.copy_part_size = copy_part_size
         self._batch_delete = True  # cleared the first time the store rejects DeleteObjects
+
+    @property
+    def etags_are_md5(self) -> bool:
+        """S3 ETags are MD5-based except for SSE-KMS (and SSE-C) objects."""
+        return getattr(self.settings, "sse", None) != "aws:kms"
+
+    def create_args(self, metadata: Mapping[str, str]) -> dict[str, Any]:
+        """What every new object is created with: metadata, content type, and the storage settings."""
+        return {"Metadata": dict(metadata), "ContentType": "application/zip"}
 
     def check_bucket(self, bucket: str) -> None:
         try:
@@ -385,8 +503,15 @@ class S3Storage:
                           r.get("ETag"))
 
     def upload(self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None,
-               on_progress: Callable[[int], None] | None = None) -> S3Upload:
-        return S3Upload(self, bucket, key, metadata or {}, on_progress)
+               on_progress: Callable[[int], None] | None = None,
+               should_stop: Callable[[], bool] = lambda: False) -> S3Upload:
+        """A new object under ``key``; ObjectExistsError at once if the key already holds one (the
+        commit checks again with If-None-Match, for a writer that comes in between)."""
+        if self.retrying("head", bucket, key, lambda: self.client.head_object(Bucket=bucket, Key=key),
+                         missing_ok=True, attempts_only=True) is not None:
+            raise ObjectExistsError(f"upload s3://{bucket}/{key}: a backup already exists under this key (made "
+                                    "in the same minute by another run?); it was kept and nothing was written")
+        return S3Upload(self, bucket, key, metadata or {}, on_progress, should_stop)
 
     def download(self, bucket: str, key: str) -> S3Download:
         try:
@@ -396,98 +521,47 @@ class S3Storage:
         info = ObjectInfo(bucket, key, int(r["ContentLength"]), r.get("LastModified"), r.get("Metadata", {}))
         return S3Download(info, r["Body"])
 
-    def set_metadata(self, bucket: str, key: str, metadata: Mapping[str, str], size: int, *,
-                     if_match: str) -> str:
-        """Replace an object's metadata by copying it onto itself, server-side; returns the new ETag.
-
-        The SHA-256 of a streamed object is only known at its end, after the multipart upload began.
-        ``if_match`` makes the copy refuse an object that another writer put there meanwhile."""
-        src = {"Bucket": bucket, "Key": key}
-        if size <= self.copy_threshold:
-            resp = self.client.copy_object(Bucket=bucket, Key=key, CopySource=src, Metadata=dict(metadata),
-                                           MetadataDirective="REPLACE", ContentType="application/zip",
-                                           CopySourceIfMatch=if_match)
-            return str(resp.get("CopyObjectResult", {}).get("ETag", ""))
-        upload_id = self.client.create_multipart_upload(
-            Bucket=bucket, Key=key, Metadata=dict(metadata), ContentType="application/zip")["UploadId"]
-        try:
-            ranges = [(i, min(i + self.copy_part_size, size) - 1) for i in range(0, size, self.copy_part_size)]
-
-            def copy(n: int, lo: int, hi: int) -> dict[str, Any]:
-                r = self.client.upload_part_copy(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=n,
-                                                 CopySource=src, CopySourceRange=f"bytes={lo}-{hi}",
-                                                 CopySourceIfMatch=if_match)
-                return {"PartNumber": n, "ETag": r["CopyPartResult"]["ETag"]}
-
-            with ThreadPoolExecutor(self.settings.concurrency) as pool:
-                parts = list(pool.map(lambda a: copy(*a), [(n, lo, hi) for n, (lo, hi) in enumerate(ranges, 1)]))
-            done = self.client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
-                                                         MultipartUpload={"Parts": parts})
-            return str(done.get("ETag", ""))
-        except Exception:
-            self.abort_upload(bucket, key, upload_id)
-            raise
-
-    def _retrying(self, what: str, attempt: Callable[[], Any]) -> Any:
-        """Run ``attempt`` until it succeeds or ``abort_timeout`` passes: cleanup after a failure must
-        outlast a store that is briefly down, since what it leaves behind is billed or misleading."""
-        deadline = time.monotonic() + self.abort_timeout
+    def retrying(self, op: str, bucket: str, key: str, attempt: Callable[[], Any], *, missing_ok: bool = False,
+                 deadline: float | None = None, attempts_only: bool = False) -> Any:
+        """Run ``attempt`` until it succeeds or the deadline (default: ``abort_timeout`` from now)
+        passes: cleanup and the checks after a lost answer must outlast a store that is briefly down.
+        ``missing_ok``: a 404 answer returns None. ``attempts_only``: no waiting beyond botocore's own
+        retries (for the ordinary path, where an error is reported rather than outlasted)."""
+        deadline = deadline if deadline is not None else time.monotonic() + self.abort_timeout
         delay = 0.25
         while True:
             try:
                 return attempt()
-            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise StorageError(f"{what}: {_describe(exc)}") from exc
-                log.debug("%s: %s; retrying in %.2fs", what, _describe(exc), delay)
+            except botocore.exceptions.ClientError as exc:
+                if missing_ok and _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                if attempts_only or time.monotonic() + delay > deadline:
+                    raise _error(op, bucket, key, exc) from None
+                log.debug("%s s3://%s/%s: %s; retrying in %.2fs", op, bucket, key, _describe(exc), delay)
+            except botocore.exceptions.BotoCoreError as exc:
+                if attempts_only or time.monotonic() + delay > deadline:
+                    raise _error(op, bucket, key, exc) from None
+                log.debug("%s s3://%s/%s: %s; retrying in %.2fs", op, bucket, key, _describe(exc), delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
-        """Abort, retrying for a while: a store that is briefly down must not keep billing for parts."""
+    def abort_upload(self, bucket: str, key: str, upload_id: str, *, deadline: float | None = None) -> None:
+        """Abort, retrying until the deadline: a store that is briefly down must not keep billing for parts."""
 
         def attempt() -> None:
             try:
                 self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+                if _code(exc) not in ("NoSuchUpload", "404"):
                     raise
 
         try:
-            self._retrying(f"abort upload s3://{bucket}/{key} (upload id {upload_id})", attempt)
+            self.retrying("abort upload", bucket, key, attempt, deadline=deadline)
         except StorageError as exc:
             raise StorageError(
-                f"{exc}. Its parts stay billed until the next run removes stale uploads, or run: aws s3api "
-                f"abort-multipart-upload --bucket {bucket} --key <key> --upload-id {upload_id}") from exc
-
-    def etag(self, bucket: str, key: str) -> str | None:
-        """The object's ETag, or None when there is no object under the key."""
-        try:
-            return str(self.client.head_object(Bucket=bucket, Key=key)["ETag"])
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise _error("head", bucket, key, exc) from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise _error("head", bucket, key, exc) from None
-
-    def remove_if_ours(self, bucket: str, key: str, own_etags: Collection[str]) -> bool:
-        """Delete the object under ``key`` only if it is one we wrote (its ETag is in ``own_etags``):
-        never an older backup, nor another run's object. Retries like an abort; says if it deleted."""
-
-        def attempt() -> bool:
-            try:
-                current = self.client.head_object(Bucket=bucket, Key=key)["ETag"]
-            except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                    return False
-                raise
-            if not _norm_etag(current) or _norm_etag(current) not in own_etags:
-                return False
-            self.client.delete_object(Bucket=bucket, Key=key)
-            return True
-
-        return bool(self._retrying(f"delete s3://{bucket}/{key}", attempt))
+                f"{exc} (upload id {upload_id}). Its parts stay billed until the next backup of this database "
+                f"removes them, or run: aws s3api abort-multipart-upload --bucket {bucket} --key <key> "
+                f"--upload-id {upload_id}") from exc
 
     def delete(self, bucket: str, keys: Sequence[str]) -> None:
         keys = list(keys)
@@ -534,9 +608,20 @@ class S3Storage:
             pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
             for page in pages:
                 for u in page.get("Uploads", []):
-                    yield PendingUpload(bucket, u["Key"], u["UploadId"], u["Initiated"])
+                    yield PendingUpload(bucket, u["Key"], u["UploadId"], u["Initiated"],
+                                        self._last_part(bucket, u["Key"], u["UploadId"]))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise _error("list uploads", bucket, prefix, exc) from None
+
+    def _last_part(self, bucket: str, key: str, upload_id: str) -> datetime | None:
+        """When the newest part of an upload arrived: a live run keeps adding parts."""
+        newest = None
+        pages = self.client.get_paginator("list_parts").paginate(Bucket=bucket, Key=key, UploadId=upload_id)
+        for page in pages:
+            for part in page.get("Parts", []):
+                if newest is None or part["LastModified"] > newest:
+                    newest = part["LastModified"]
+        return newest
 
     def abort_pending(self, upload: PendingUpload) -> None:
         self.abort_upload(upload.bucket, upload.key, upload.upload_id)
