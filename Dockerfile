@@ -2,6 +2,8 @@
 #
 # pg-bkp as one container image with two entry points:
 #   * AWS Lambda (the default): CMD names the handler; `sam build` builds this file (template.yaml).
+#     `docker run` alone starts the base image's runtime interface emulator on port 8080: set
+#     PGBKP_LOCAL_RUNNER=1 there (README.md, "Run the image locally").
 #   * The local runner, by overriding the entrypoint:
 #       docker run --rm --env-file .env --entrypoint pgbkp pgbkp:latest serve
 #
@@ -27,9 +29,14 @@ ENV PATH=/opt/bin:/var/lang/bin:/usr/local/bin:/usr/bin:/bin \
 
 COPY pyproject.toml README.md LICENSE /tmp/pgbkp-src/
 COPY handler/ /tmp/pgbkp-src/handler/
+# The build fails here, not at the first invocation, when a dependency or a client tool is missing:
+# importing the handler loads everything the runtime loads (Powertools, its Tracer, boto3).
+# tests/test_lambda_runtime.py serves events through awslambdaric from the same `pip install`.
 RUN pip install --no-cache-dir /tmp/pgbkp-src \
     && rm -rf /tmp/pgbkp-src \
     && pg_dump --version \
+    && psql --version \
+    && python3 -c "import pgbkp.lambda_function" \
     && pgbkp --help > /dev/null
 
 CMD ["pgbkp.lambda_function.lambda_handler"]

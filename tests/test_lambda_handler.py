@@ -233,6 +233,82 @@ def test_fan_out_refused_invoke_fails_the_invocation(in_lambda: FakeLambdaClient
         lambda_function.lambda_handler({}, FakeLambdaContext())
 
 
+#: The fix every failed self-invocation names (here for the emulator's default function name).
+EMULATOR_FIX = ("Fix: outside AWS Lambda (docker run of the image, under the runtime interface emulator) set "
+                "PGBKP_LOCAL_RUNNER=1 to back up the connections in this process; in Lambda, check that the "
+                "function's role may lambda:InvokeFunction test_function.")
+
+
+@pytest.fixture
+def emulator_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """``docker run`` of the image: the runtime interface emulator sets AWS_LAMBDA_FUNCTION_NAME (not AWS_SAM_LOCAL)
+    and nothing sets a region. Credentials come from the environment, so boto3 never asks instance metadata."""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "test_function")
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for k, v in {"AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-creds"),
+                 "AWS_ACCESS_KEY_ID": "emulator-key", "AWS_SECRET_ACCESS_KEY": "emulator-secret",
+                 "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(k, v)
+    lambda_function.lambda_client.cache_clear()  # the real boto3 client, made in this environment
+    yield
+    lambda_function.lambda_client.cache_clear()
+
+
+def test_fan_out_under_the_emulator_says_how_to_run_in_process(
+        env: dict[str, str], emulator_env: None, s3: S3Server) -> None:
+    with pytest.raises(handler_core.DispatchError) as err:
+        lambda_function.lambda_handler({}, FakeLambdaContext(function_name="test_function"))
+    # handler_core words the whole; each connection's part is the edge's.
+    for name in ("main", "limited"):
+        part = (f'{name}: invoke test_function {{"connection": "{name}"}}: NoRegionError: You must specify a region. '
+                f"{EMULATOR_FIX}")
+        assert part in str(err.value)
+    assert objects(s3) == {}
+
+
+def _error_lines(raises: type[Exception], event: Any) -> tuple[str, list[dict[str, Any]]]:
+    """Invoke the handler, which must raise ``raises``, with the Powertools handler writing to a buffer; the
+    exception's message and the edge's ERROR lines (a module may log the cause before them)."""
+    handler = lambda_function.logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    buf = io.StringIO()
+    old = handler.setStream(buf)
+    try:
+        with pytest.raises(raises) as err:
+            lambda_function.lambda_handler(event, FakeLambdaContext())
+    finally:
+        handler.setStream(old)
+    return str(err.value), [doc for doc in map(json.loads, buf.getvalue().splitlines())
+                            if doc["level"] == "ERROR" and doc["location"].startswith("lambda_handler:")]
+
+
+def test_event_config_and_dispatch_errors_leave_one_json_error_line(
+        in_lambda: FakeLambdaClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    message, lines = _error_lines(EventError, {"connection": "main", "databases": "x"})
+    assert [(d["message"], d["error_type"], d["error"]) for d in lines] == [("failed", "EventError", message)]
+    assert "field 'databases'" in message
+    assert lines[0]["function_name"] == "pgbkp-test" and lines[0]["service"] == "pgbkp"
+
+    message, lines = _error_lines(ConfigError, {"connection": "nope"})
+    assert [(d["message"], d["error_type"], d["error"]) for d in lines] == [("failed", "ConfigError", message)]
+    assert "unknown connection 'nope'" in message
+
+    in_lambda.status = 500
+    message, lines = _error_lines(handler_core.DispatchError, {})
+    assert [(d["message"], d["error_type"], d["error"]) for d in lines] == [("failed", "DispatchError", message)]
+    assert 'main: invoke pgbkp-test {"connection": "main"}: status 500. Fix: ' in message
+
+    def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(handler_core, "handle", broken)
+    _, lines = _error_lines(RuntimeError, {"connection": "main"})
+    assert [d["message"] for d in lines] == ["failed unexpectedly"]
+    assert lines[0]["exception"].startswith("Traceback") and lines[0]["exception"].endswith("RuntimeError: a bug")
+
+
 def test_fan_out_outside_lambda_runs_connections_here_one_after_another(
         env: dict[str, str], pg: PgCluster, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     # The local runner in the Lambda image: the function name may be set, the runner's marker wins.
@@ -513,3 +589,16 @@ def test_secrets_through_powertools_parameters_on_moto(monkeypatch: pytest.Monke
         with pytest.raises(ConfigError, match="read SSM parameter '/pgbkp/missing'"):
             settings_secrets.resolve({"ZIP_PASSWORD_SECRET_ID": "/pgbkp/missing"})
         parameters.clear_caches()
+
+
+def test_a_secret_id_without_a_region_says_how_to_pass_one(emulator_env: None) -> None:
+    """``docker run`` of the image with a secret id and no region: one line naming the variable, the id and the fix."""
+    from aws_lambda_powertools.utilities import parameters
+
+    parameters.clear_caches()
+    with pytest.raises(ConfigError) as err:
+        settings_secrets.resolve({"PG_URLS_SECRET_ID": "pgbkp/pg-urls"})
+    assert str(err.value) == (
+        "PG_URLS_SECRET_ID: read Secrets Manager secret 'pgbkp/pg-urls': NoRegionError: You must specify a region. "
+        "Fix: check the id, its region, and that the function's role may read it; outside Lambda, pass "
+        "AWS_DEFAULT_REGION and AWS credentials to the container (docker run -e).")

@@ -28,8 +28,10 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
 from pgbkp import handler_core, settings_secrets
+from pgbkp.config import ConfigError
 from pgbkp.logs import RedactingFilter
 from pgbkp.pipeline import DatabaseResult, Job, NullObserver
+from pgbkp.redact import redact
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "pgbkp"
 NAMESPACE = "pgbkp"
@@ -80,15 +82,29 @@ def lambda_client() -> Any:
     return boto3.client("lambda")
 
 
+def invoke_fix(function_name: str) -> str:
+    """What to do when a self-invocation fails. The usual cause off AWS: the image run by ``docker run``,
+    whose runtime interface emulator sets AWS_LAMBDA_FUNCTION_NAME as Lambda does (but not AWS_SAM_LOCAL),
+    with no region, no credentials and no such function behind it."""
+    return ("Fix: outside AWS Lambda (docker run of the image, under the runtime interface emulator) set "
+            "PGBKP_LOCAL_RUNNER=1 to back up the connections in this process; in Lambda, check that the "
+            f"function's role may lambda:InvokeFunction {function_name}.")
+
+
 def make_invoker(function_name: str) -> handler_core.Invoker:
     """Asynchronous invocation of ``function_name`` (InvocationType Event: Lambda answers 202 and queues it)."""
 
     def invoke(payload: dict[str, Any]) -> None:
-        response = lambda_client().invoke(FunctionName=function_name, InvocationType="Event",
-                                          Payload=json.dumps(payload).encode())
+        what = f"invoke {function_name} {json.dumps(payload)}"
+        try:
+            response = lambda_client().invoke(FunctionName=function_name, InvocationType="Event",
+                                              Payload=json.dumps(payload).encode())
+        except Exception as exc:  # botocore's: NoRegionError, NoCredentialsError, ClientError, ...
+            reason = f"{type(exc).__name__}: {str(exc).rstrip('.')}"
+            raise handler_core.DispatchError(f"{what}: {reason}. {invoke_fix(function_name)}") from None
         status = response.get("StatusCode")
         if status != 202:
-            raise handler_core.DispatchError(f"invoke {function_name} {json.dumps(payload)}: status {status}")
+            raise handler_core.DispatchError(f"{what}: status {status}. {invoke_fix(function_name)}")
 
     return invoke
 
@@ -159,6 +175,14 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     except handler_core.BackupFailedError as exc:
         summary = exc.summary
         logger.error("failed", extra={"summary": summary})
+        raise
+    except (ConfigError, handler_core.DispatchError) as exc:
+        # The runtime reports the exception in plain text only: this is the JSON line queries and alarms find.
+        # ``extra`` bypasses the redacting filter, so the message (built without secrets) is scrubbed here too.
+        logger.error("failed", extra={"error": redact(str(exc)), "error_type": type(exc).__name__})
+        raise
+    except Exception:
+        logger.exception("failed unexpectedly")
         raise
     finally:
         _count_invocation(summary)

@@ -68,9 +68,12 @@ def resolve(env: Mapping[str, str], fetch: Fetcher | None = None) -> dict[str, s
         try:
             value = fetch(store, sid, max_age)
         except Exception as exc:
-            # The SDK's message names the id and the refusal; never the value, which we do not have.
-            raise ConfigError(f"{name}_SECRET_ID: read {where} {sid!r}: {type(exc).__name__}: {exc}. Fix: check "
-                              "the id, its region, and that the function's role may read it.") from None
+            # The SDK's message names the id and the refusal; never the value, which we do not have. Off AWS
+            # (docker run of the image) the usual cause is no region or no credentials at all.
+            reason = f"{type(exc).__name__}: {str(exc).rstrip('.')}"
+            raise ConfigError(f"{name}_SECRET_ID: read {where} {sid!r}: {reason}. Fix: check the id, its region, "
+                              "and that the function's role may read it; outside Lambda, pass AWS_DEFAULT_REGION "
+                              "and AWS credentials to the container (docker run -e).") from None
         value = _unwrap(name, value)
         if not value.strip():
             raise ConfigError(f"{name}_SECRET_ID: {where} {sid!r} is empty. Fix: store the value in it.")
