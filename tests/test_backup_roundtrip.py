@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pgbkp import keys
+from pgbkp import integrity, keys
 from tests.helpers import HOSTILE_SQL, all_keys, dump_sql, make_bucket, pending_uploads, run_cli, s3_client
 from tests.servers import PgCluster, S3Server
 
@@ -51,7 +51,9 @@ def test_hostile_database_round_trip(pg: PgCluster, s3: S3Server, hostile_db: st
     obj = s3_client(s3).get_object(Bucket=bucket, Key=key)
     body = obj["Body"].read()
     meta = obj["Metadata"]
-    assert meta["sha256"] == hashlib.sha256(body).hexdigest()
+    record = integrity.parse(zipfile.ZipFile(io.BytesIO(body)).comment)  # the archive's own sha256 and sizes
+    assert meta[integrity.METADATA_KEY] == integrity.METADATA_VALUE
+    assert record.sha256 == hashlib.sha256(body[:record.size]).hexdigest()
     assert pending_uploads(s3, bucket) == []
 
     archive = tmp_path / "backup.zip"
@@ -71,7 +73,7 @@ def test_hostile_database_round_trip(pg: PgCluster, s3: S3Server, hostile_db: st
             sql = zf.read(member)
         unz = subprocess.run(["unzip", "-p", str(archive)], capture_output=True, check=False)
         assert unz.returncode == 0 and unz.stdout == sql
-    assert int(meta["raw-size"]) == len(sql)
+    assert record.raw_size == len(sql)
 
     target = f"restored_{hashlib.md5(key.encode()).hexdigest()[:8]}"
     pg.drop_database(target)
@@ -111,5 +113,7 @@ def test_dry_run_dumps_nothing(pg: PgCluster, s3: S3Server) -> None:
     env = {**s3.env(), "PG_URLS": f"{pg.url()}", "S3_BUCKET": bucket}
     res = run_cli(["backup", "--dry-run", "--database", "postgres"], env)
     assert res.returncode == 0, res.stderr
-    assert "dry-run" in res.stdout and "s3://" in res.stdout
+    [row] = [line for line in res.stdout.splitlines() if line.startswith("127.0.0.1/postgres ")]
+    assert row.rstrip().endswith("dry-run") and "s3://" in row
+    assert "on disk (estimate)" in row  # nothing was dumped: the size shown is the database's, on disk
     assert all_keys(s3, bucket) == []

@@ -1,4 +1,8 @@
-"""The ``pgbkp`` command. Exit codes: 0 all good, 1 some backup failed, 2 configuration or usage error.
+"""The ``pgbkp`` command. Exit codes: 0 all good, 1 some backup failed, 2 configuration or usage error
+(found before any work), 128 + N when signal N (SIGINT 130, SIGTERM 143, SIGHUP 129) stopped a run.
+
+``pgbkp backup`` is a thin edge over :func:`pgbkp.handler_core.handle`, the path ``pgbkp serve`` and the
+Lambda function take too, so all three behave alike and report one result shape.
 
 Users never see a traceback: every known failure is one line that says what to fix
 (LOG_LEVEL=DEBUG shows the traceback of an unexpected one).
@@ -13,7 +17,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pgbkp import __version__, logs
@@ -23,6 +29,10 @@ from pgbkp.redact import redact
 log = logging.getLogger("pgbkp.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: The signals that stop ``pgbkp backup`` cleanly: no new database, the one in flight aborted.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+EXIT_CODES = ("Exit codes: 0 all good, 1 some backup failed (the others still ran), 2 configuration or usage "
+              "error (nothing ran), 128+N stopped by signal N (130 Ctrl-C/SIGINT, 143 SIGTERM, 129 SIGHUP).")
 
 
 class UsageError(Exception):
@@ -46,51 +56,116 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def print_summary(result: Any, out: Any = None, *, errors: bool = True) -> None:
-    """Per-database summary: database, bucket/key, raw bytes, object bytes, seconds, status.
+def print_summary(summary: Mapping[str, Any], out: Any = None, *, errors: bool = True) -> None:
+    """The handler's result as a table (database, object, bytes dumped, bytes stored, seconds, status),
+    then errors, skipped databases and retention, one line each.
 
     ``errors=False`` when the text log on the console has already shown each error once."""
     out = out or sys.stdout
     rows = []
-    for r in result.results:
-        where = f"s3://{r.bucket}/{r.key}" if r.key else "-"
-        rows.append([f"{r.connection}/{r.database}", where, human(r.raw_bytes), human(r.object_bytes),
-                     f"{r.seconds:.1f}", r.status])
-    for job in result.deferred:
-        rows.append([f"{job.connection.name}/{job.database}", job.url, "-", "-", "-", "deferred"])
+    for r in summary.get("results", []):
+        where = f"s3://{r['bucket']}/{r['key']}" if r["key"] else "-"
+        if r["status"] == "dry-run":  # nothing was dumped: all we know is the size on disk
+            dumped, stored, seconds = f"~{human(r['size_estimate'])} on disk (estimate)", "-", "-"
+        else:
+            dumped, stored, seconds = human(r["raw_bytes"]), human(r["object_bytes"]), f"{r['seconds']:.1f}"
+        rows.append([f"{r['connection']}/{r['database']}", where, dumped, stored, seconds, r["status"]])
+    for s in summary.get("skipped", []):
+        rows.append([f"{s['connection']}/{s['database']}", "-", "-", "-", "-", "skipped"])
     if rows:
         print(table(rows, ["database", "object", "dumped", "stored", "seconds", "status"]), file=out)
-    for r in result.results:
-        if r.error and errors:
-            print(f"error: {r.connection}/{r.database}: {r.error}", file=sys.stderr)
-        for a in r.retention:
-            if a.action == "delete":
-                verb = "deleted" if a.done else "would delete"
-                print(f"retention: {verb} s3://{r.bucket}/{a.key} ({'; '.join(a.reasons)})", file=out)
+    for r in summary.get("results", []):
+        if r["error"] and errors:
+            print(f"error: {r['connection']}/{r['database']}: {r['error']}", file=sys.stderr)
+    for s in summary.get("skipped", []):
+        print(f"skipped: {s['connection']}/{s['database']}: {s['reason']}", file=out)
+    for r in summary.get("results", []):
+        for d in r["retention"]["deleted"]:
+            verb = "deleted" if d["done"] else "would delete"
+            print(f"retention: {verb} s3://{r['bucket']}/{d['key']} ({'; '.join(d['reasons'])})", file=out)
+
+
+class _StopFlag:
+    """SIGTERM, SIGINT and SIGHUP ask the run to stop: no new database starts, the dump in flight is
+    aborted (its upload too, leaving nothing behind), and the command exits 128 + the signal's number."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signum: int | None = None
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+            log.warning("received %s: aborting the backup in flight, starting no other",
+                        signal.Signals(signum).name)
+        self._event.set()
+
+    @contextmanager
+    def installed(self) -> Iterator[_StopFlag]:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def add_log_file(config: Config) -> Path | None:
+    """LOG_FILE, as ``pgbkp serve`` reads it (default /var/log/pg-backup.log where writable; off, none or
+    empty: no file), so a backup called from system cron leaves the same log."""
+    path = logs.log_file_path(config.env.get("LOG_FILE"))
+    if path is None:
+        return None
+    try:
+        logs.add_file(path, config.log_format)
+    except OSError as exc:
+        raise ConfigError(f"LOG_FILE: cannot write {str(path)!r} ({exc.strerror}). Fix: point it at a writable "
+                          "file, mount a volume there, or set LOG_FILE=off.") from None
+    return path
 
 
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
-    from pgbkp import pipeline
+    """Back up through the handler (as ``serve`` and Lambda do), with the runner's pings and log file."""
+    from pgbkp import handler_core, health, runner
 
-    the_plan = pipeline.plan(config, connections=args.connection, databases=args.database)
+    add_log_file(config)
+    pinger = health.Pinger(config.env.get("HEALTHCHECK_URL"))  # checked even for a dry run...
+    if args.dry_run:
+        pinger = health.Pinger(None)  # ...which neither starts nor ends a check: monitoring records real runs
+    request = handler_core.Request(connections=tuple(args.connection or ()),
+                                   databases=tuple(dict.fromkeys(args.database)) if args.database else None,
+                                   dry_run=args.dry_run)
     observer = _progress_observer()
-    stop = threading.Event()
-
-    def on_sigterm(signum: int, _frame: object) -> None:
-        log.warning("received %s: aborting the backup in flight, starting no other", signal.Signals(signum).name)
-        stop.set()
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)  # Ctrl-C raises KeyboardInterrupt: also aborted
-    try:
-        result = pipeline.run(config, the_plan, dry_run=args.dry_run, observer=observer, should_stop=stop.is_set)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    stop = _StopFlag()
+    edge = handler_core.Edge(observers=[observer] if observer else [], should_stop=stop.is_set)
+    with stop.installed():
+        pinger.start("pgbkp backup started")
+        try:
+            summary, code = handler_core.handle(request, None, config=config, edge=edge), EXIT_OK
+        except handler_core.BackupFailedError as exc:
+            summary, code = exc.summary, EXIT_FAILED
+        except ConfigError as exc:
+            pinger.fail(f"configuration error: {redact(str(exc))}")
+            raise
+        except Exception as exc:
+            pinger.fail(redact(f"error: {type(exc).__name__}: {exc}"))
+            raise
+    body = runner.summarize(list(summary.get("results", [])))
+    (log.info if code == EXIT_OK else log.error)("backup %s: %s", "done" if code == EXIT_OK else "failed",
+                                                  body.splitlines()[0])
+    (pinger.success if code == EXIT_OK else pinger.fail)(body)
     if args.json:
-        print(json.dumps({"ok": result.ok, "results": [r.as_dict() for r in result.results]}, indent=2,
-                         ensure_ascii=False))
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
-        print_summary(result, errors=console_format(config) == "json")
-    return EXIT_OK if result.ok else EXIT_FAILED
+        print_summary(summary, errors=console_format(config) == "json")
+    if stop.signum is not None and code != EXIT_OK:
+        name = signal.Signals(stop.signum).name
+        print(f"pgbkp: stopped by {name}: the backup in flight was aborted, no other was started", file=sys.stderr)
+        return 128 + stop.signum
+    return code
 
 
 def console_format(config: Config | None) -> str:
@@ -123,19 +198,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pgbkp",
         description="Stream PostgreSQL backups (pg_dump -> ZIP, AES-256 if ZIP_PASSWORD is set) into S3 or "
         "any S3-compatible store. Configuration comes from the environment (see README.md).",
-        epilog="Exit codes: 0 all good, 1 some backup failed, 2 configuration or usage error.",
+        epilog=EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"pgbkp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     b = sub.add_parser("backup", help="back up now: every database of every connection (or a selection)",
-                       description="Back up now. Each database is streamed pg_dump -> ZIP -> S3, then "
-                       "retention runs for that database.")
+                       description="Back up now, through the same handler as `pgbkp serve` and the Lambda "
+                       "function. Each database is streamed pg_dump -> ZIP -> S3, then retention runs for that "
+                       "database; one that fails never stops the others. Honours LOG_FILE and HEALTHCHECK_URL "
+                       "as `pgbkp serve` does.", epilog=EXIT_CODES)
     add_selection(b, databases="append")
-    b.add_argument("--dry-run", action="store_true", help="print what would be dumped, where, and what "
-                   "retention would delete; change nothing")
-    b.add_argument("--json", action="store_true", help="print the summary as JSON")
+    b.add_argument("--dry-run", action="store_true", help="print what would be dumped (size on disk, an "
+                   "estimate), where, and what retention would delete; change nothing, send no ping")
+    b.add_argument("--json", action="store_true", help="print the result as JSON, the same document the "
+                   "Lambda function returns")
     b.set_defaults(func=cmd_backup)
 
     for register in EXTRA_COMMANDS:

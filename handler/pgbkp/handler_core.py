@@ -10,7 +10,8 @@ Event contract (also in README.md, "Events"):
 ``{"connection": "<name or 0-based index>"}``
     Back up every database of that connection (minus ``ignore=``), each followed by its retention.
 ``{"connection": "...", "databases": ["a", "b"]}``
-    Back up only those databases (each must exist).
+    Back up only those databases. One that does not exist (dropped since a hand-off named it) is skipped
+    with a warning and listed under ``skipped``; the others are backed up.
 ``{}``, an EventBridge scheduled event (``"source"`` and ``"detail-type"`` keys; the rest is ignored),
 or any event without ``connection``
     Fan out: in Lambda, one asynchronous invocation ``{"connection": name}`` per connection, returning
@@ -19,7 +20,11 @@ or any event without ``connection``
     Restore-test the newest backups (``pgbkp.restore.verify``).
 
 Any other key, a wrong type, an empty or non-string database list, an unknown action or connection is
-an :class:`EventError` (a :class:`ConfigError`), raised before any work starts.
+an :class:`EventError` (a :class:`ConfigError`), raised before any work starts. Once work has started,
+nothing raises for one database or connection: each failure is a failed result, and the others run.
+
+``pgbkp backup`` passes a :class:`Request` instead of an event: the same path, plus what only a command
+line can ask for (several connections, ``--dry-run``). No JSON event can carry those.
 
 The 15-minute limit: before each database but the first of an invocation, if the time left is below
 ``TIME_SAFETY_MARGIN_SECONDS`` (120) plus the database's size on disk at ``TIME_ESTIMATE_MB_PER_SECOND``
@@ -70,19 +75,26 @@ class DispatchError(Exception):
 
 @dataclass(frozen=True)
 class Request:
-    """A validated event."""
+    """A validated event, or what ``pgbkp backup`` asks for (``connections`` and ``dry_run`` are set only
+    by the command line: no event can carry them)."""
 
     action: str = "backup"
     connection: str | int | None = None
     databases: tuple[str, ...] | None = None
+    #: Several connections by name or index (the CLI's repeated ``--connection``).
+    connections: tuple[str | int, ...] = ()
+    #: Plan, list what retention would delete, and change nothing.
+    dry_run: bool = False
 
     @property
     def fan_out(self) -> bool:
-        return self.connection is None
+        return self.connection is None and not self.connections
 
 
 def parse_event(event: object) -> Request:
     """Check the event's shape (not yet its connection: that needs the configuration)."""
+    if isinstance(event, Request):  # from pgbkp backup, already shaped; JSON can never produce one
+        return event
     if event is None:
         return Request()
     if not isinstance(event, Mapping):
@@ -206,10 +218,14 @@ class _Budget(NullObserver):
         self.current = None
 
 
+OK_STATUSES = ("ok", "dry-run")
+
+
 def summarize(result: DatabaseResult) -> dict[str, Any]:
-    """One database's line in the JSON result: ``DatabaseResult.as_dict()`` (connection, database, bucket, key,
-    status, raw_bytes, object_bytes, seconds, error), ``bytes`` (the stored object's size) and what
-    retention did (deleted keys with their reasons, and how many backups it kept)."""
+    """One database's entry in the result, the same for Lambda, ``pgbkp serve`` and ``pgbkp backup --json``
+    (README.md, "Result"): ``DatabaseResult.as_dict()`` (connection, database, bucket, key, status,
+    raw_bytes, object_bytes, seconds, error, size_estimate), ``bytes`` (object_bytes under the name Lambda
+    results have always used) and what retention did (deleted keys with their reasons, how many kept)."""
     deleted = [{"key": a.key, "reasons": a.reasons, "done": a.done} for a in result.retention if a.action == "delete"]
     return {
         **result.as_dict(),
@@ -228,17 +244,22 @@ def handle(event: object, context: Any = None, *, config: Config | None = None,
     request = parse_event(event)
     config = config or load(env)
     edge = edge or Edge()
+    # Every setting a run reads is checked here, before any work: a mistake is a ConfigError (exit 2).
+    limits = TimeLimits.from_env(config.env)
+    pipeline.lock_wait_timeout(config)
     if request.fan_out:
-        if edge.invoker is not None:
+        if edge.invoker is not None and request.databases is None and not request.dry_run:
             return _dispatch(config, edge.invoker)
         connections = list(config.connections)
     else:
-        assert request.connection is not None
-        connections = [config.connection(request.connection)]
+        refs = request.connections or (request.connection,)
+        by_index = {c.index: c for c in (_connection(config, ref) for ref in refs if ref is not None)}
+        connections = list(by_index.values())
     if request.action == "verify":
         return _verify(config, connections[0], request.databases, edge)
 
     results: list[DatabaseResult] = []
+    skipped: list[pipeline.Skipped] = []
     handed_off: list[dict[str, Any]] = []
     for conn in connections:
         if edge.should_stop():  # do not even connect to list the databases of what will not run
@@ -246,12 +267,10 @@ def handle(event: object, context: Any = None, *, config: Config | None = None,
             continue
         with edge.scope({"connection": conn.name}):
             try:
-                done, deferred = _backup_connection(config, conn, request.databases, context, edge)
-            except ConfigError as exc:
-                if not request.fan_out:
-                    raise  # one connection asked for by name: the event itself is wrong
+                done, deferred, skips = _backup_connection(config, conn, request, context, edge, limits)
+            except ConfigError as exc:  # work has started: this connection fails, the others still run
                 log.error("%s", exc, extra={"connection": conn.name})
-                done, deferred = [DatabaseResult(conn.name, "*", error=redact(str(exc)))], []
+                done, deferred, skips = [DatabaseResult(conn.name, "*", error=redact(str(exc)))], [], []
             if deferred:
                 payload, not_started = _hand_off(conn, deferred, edge)
                 handed_off += [payload] if payload else []
@@ -259,30 +278,43 @@ def handle(event: object, context: Any = None, *, config: Config | None = None,
             for r in done:
                 edge.report(r)
             results += done
+            skipped += skips
     summary = {
-        "ok": all(r.status == "ok" for r in results),
+        "ok": all(r.status in OK_STATUSES for r in results),
         "action": "backup",
         "connections": [c.name for c in connections],
         "results": [summarize(r) for r in results],
+        "skipped": [s.as_dict() for s in skipped],
         "handed_off": handed_off,
     }
-    failed = [r for r in results if r.status != "ok"]
+    failed = [r for r in results if r.status not in OK_STATUSES]
     if failed:
         lines = "; ".join(f"{r.connection}/{r.database}: {r.error}" for r in failed)
         raise BackupFailedError(f"{len(failed)} of {len(results)} database backups failed: {lines}", summary)
     return summary
 
 
-def _backup_connection(config: Config, conn: Connection, databases: Sequence[str] | None, context: Any,
-                       edge: Edge) -> tuple[list[DatabaseResult], list[Job]]:
-    """Plan and run one connection; returns its results and the jobs the time budget did not start."""
-    budget = _Budget(context, TimeLimits.from_env(config.env)) if context is not None else None
-    the_plan = edge.wrap(pipeline.plan)(config, connections=[conn.index], databases=databases)
+def _connection(config: Config, ref: str | int) -> Connection:
+    try:
+        return config.connection(ref)
+    except ConfigError as exc:
+        if "Fix:" in str(exc):
+            raise
+        raise ConfigError(f"{exc}. Fix: give a connection's name (its prefix or host) or its 0-based index.") from None
+
+
+def _backup_connection(config: Config, conn: Connection, request: Request, context: Any, edge: Edge,
+                       limits: TimeLimits) -> tuple[list[DatabaseResult], list[Job], list[pipeline.Skipped]]:
+    """Plan and run one connection; returns its results, the jobs the time budget did not start, and the
+    databases skipped."""
+    budget = _Budget(context, limits) if context is not None else None
+    the_plan = edge.wrap(pipeline.plan)(config, connections=[conn.index], databases=request.databases)
     run = edge.wrap(pipeline.run)(
         config, the_plan,
         observer=MultiObserver([budget, *edge.observers] if budget else edge.observers),
         should_stop=lambda: edge.should_stop() or (budget is not None and budget.should_stop()),
         before_job=budget.before_job if budget else lambda job, rest: True,
+        dry_run=request.dry_run,
     )
     results = list(run.results)
     if budget and budget.tripped:
@@ -298,8 +330,8 @@ def _backup_connection(config: Config, conn: Connection, databases: Sequence[str
         left = budget.left() or 0.0
         reason = (f"not started, {left:.0f} s left is under TIME_HARD_MARGIN_SECONDS="
                   f"{budget.limits.hard_margin:.0f}. Fix: raise the function's timeout")
-        return results + [_not_started(job, reason) for job in run.deferred], []
-    return results, list(run.deferred)
+        return results + [_not_started(job, reason) for job in run.deferred], [], run.skipped
+    return results, list(run.deferred), run.skipped
 
 
 def _hand_off(conn: Connection, deferred: list[Job], edge: Edge) -> tuple[dict[str, Any] | None,
@@ -335,10 +367,12 @@ def _dispatch(config: Config, invoker: Invoker) -> dict[str, Any]:
             dispatched.append(conn.name)
         except Exception as exc:
             errors.append(f"{conn.name}: {redact(str(exc))}")
-    log.info("dispatched %d connection(s): %s", len(dispatched), ", ".join(dispatched))
     if errors:
-        raise DispatchError(f"invoke this function for {len(errors)} connection(s) failed: {'; '.join(errors)} "
-                            f"(dispatched: {', '.join(dispatched) or 'none'})")
+        message = (f"invoke this function for {len(errors)} connection(s) failed: {'; '.join(errors)} "
+                   f"(dispatched: {', '.join(dispatched) or 'none'})")
+        log.error("fan-out: %s", message)
+        raise DispatchError(message)
+    log.info("dispatched %d connection(s): %s", len(dispatched), ", ".join(dispatched))
     return {"ok": True, "action": "fan-out", "dispatched": dispatched}
 
 
