@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pgbkp.retention import Backup, Decision, Plan, Policy, local_today, plan
+from pgbkp.retention import Backup, Decision, Plan, Policy, local_midnight, local_today, lock_date, plan
 
 
 def bk(stamp: str, name: str = "db") -> Backup:
@@ -569,3 +569,72 @@ def test_prop_retention_off_keeps_all(scn: tuple[list[Backup], date, Policy, fro
     p = plan(backups, today, Policy(), protect=protect)
     assert p.delete == ()
     assert keys(p.keep) == set(unique(backups))
+
+
+# --------------------------------------------------------------------------- Object Lock dates
+
+
+def test_keep_until_counts_only_periods_that_are_over() -> None:
+    """Friday 2026-11-20, 7 days, 4 ISO weeks, 6 months: a kept backup's keep_until is the end of the windows
+    of the periods it is the newest of that are over; a period still open (today, this week, this month)
+    may yet get a newer backup, so it does not count."""
+    backups = [bk("20261120_0300"), bk("20261119_0300"), bk("20261115_0300"), bk("20261108_0300"),
+               bk("20261031_0300"), bk("20261030_0300")]
+    p = plan(backups, date(2026, 11, 20), Policy(days=7, weeks=4, months=6))
+    assert {d.backup.key: d.keep_until for d in p.keep} == {
+        "db_20261120_0300.zip": None,  # today, this week, this month: all open
+        "db_20261119_0300.zip": date(2026, 11, 26),  # its day is over: 7 days
+        "db_20261115_0300.zip": date(2026, 12, 7),  # week 2026-W46 is over: 4 weeks from Monday 11-09
+        "db_20261108_0300.zip": date(2026, 11, 30),  # week 2026-W45: 4 weeks from Monday 11-02
+        "db_20261031_0300.zip": date(2027, 4, 1),  # month 2026-10 is over: 6 months from 10-01
+    }
+    assert [d.keep_until for d in p.delete] == [None]
+
+
+def test_keep_until_is_none_for_safety_nets() -> None:
+    p = plan([bk("20260101_0300")], date(2026, 11, 20), Policy(days=7), protect={"db_20260101_0300.zip"})
+    assert [(d.reasons, d.keep_until) for d in p.keep] == [(("protected: written by this run",), None)]
+
+
+@pytest.mark.parametrize(("day", "policy", "expected"), [
+    (date(2026, 11, 20), Policy(days=7), date(2026, 11, 27)),
+    (date(2026, 11, 20), Policy(days=1, weeks=9, months=9), date(2026, 11, 21)),  # the finest rule only
+    (date(2026, 11, 19), Policy(weeks=2), date(2026, 11, 30)),  # a Thursday: 2 weeks from Monday 11-16
+    (date(2026, 11, 16), Policy(weeks=1), date(2026, 11, 23)),  # a Monday
+    (date(2026, 11, 30), Policy(months=3), date(2027, 2, 1)),
+    (date(2026, 12, 15), Policy(months=1), date(2027, 1, 1)),
+    (date(9999, 12, 30), Policy(days=7), date.max),  # a name far in the future never crashes a run
+    (date(9999, 12, 30), Policy(months=1), date.max),
+])
+def test_lock_date_is_the_end_of_the_finest_window(day: date, policy: Policy, expected: date) -> None:
+    assert lock_date(day, policy) == expected
+
+
+def test_lock_date_needs_a_policy() -> None:
+    with pytest.raises(ValueError, match="retention is off"):
+        lock_date(date(2026, 11, 20), Policy())
+
+
+@pytest.mark.parametrize(("day", "tz", "expected"), [
+    (date(2026, 11, 27), "America/Sao_Paulo", datetime(2026, 11, 27, 3, 0, tzinfo=UTC)),
+    (date(2026, 4, 1), "Europe/Lisbon", datetime(2026, 3, 31, 23, 0, tzinfo=UTC)),  # summer time, UTC+1
+    (date(2026, 3, 8), "America/Havana", datetime(2026, 3, 8, 5, 0, tzinfo=UTC)),  # no 00:00 that day
+])
+def test_local_midnight(day: date, tz: str, expected: datetime) -> None:
+    assert local_midnight(day, ZoneInfo(tz)) == expected
+
+
+@PROPS
+@given(scenarios())
+def test_prop_kept_until_keep_until(scn: tuple[list[Backup], date, Policy, frozenset[str]]) -> None:
+    """What Object Lock relies on: a backup with keep_until is still kept by a rule on the day before it,
+    whatever happens in between (the periods it is the newest of are over, so nothing can take its place)."""
+    backups, today, policy, _ = scn
+    p = plan(backups, today, policy)
+    for d in p.keep:
+        if d.keep_until is None:
+            continue
+        assert d.keep_until > today
+        last_day = plan(backups, d.keep_until - timedelta(days=1), policy)
+        assert any(r.startswith("newest of ") for r in reasons_of(last_day, d.backup.key))
+    assert all(d.keep_until is None for d in p.delete)

@@ -83,6 +83,8 @@ def print_summary(summary: Mapping[str, Any], out: Any = None, *, errors: bool =
         for d in r["retention"]["deleted"]:
             verb = "deleted" if d["done"] else "would delete"
             print(f"retention: {verb} s3://{r['bucket']}/{d['key']} ({'; '.join(d['reasons'])})", file=out)
+        for d in r["retention"].get("locked", []):
+            print(f"retention: kept s3://{r['bucket']}/{d['key']} ({'; '.join(d['reasons'])})", file=out)
 
 
 class _StopFlag:

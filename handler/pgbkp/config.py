@@ -50,9 +50,21 @@ KEY_ALIASES = {
     "retention_days": "retention_days",
     "retention_weeks": "retention_weeks",
     "retention_months": "retention_months",
+    "storage_class": "storage_class",
+    "sse": "sse",
+    "sse_kms_key_id": "sse_kms_key_id",
+    "object_lock_mode": "object_lock_mode",
 }
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 CHECKSUM_MODES = ("auto", "when_required", "off")
+SSE_MODES = ("AES256", "aws:kms")
+OBJECT_LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+#: The storage classes AWS S3 takes for a new object. A store with S3_ENDPOINT may name its own, so
+#: there only the shape (upper-case letters, digits and _) is checked.
+AWS_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "GLACIER",
+                       "DEEP_ARCHIVE", "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE")
+#: Classes whose objects must be restored from the archive tier (hours) before anything can read them.
+ARCHIVE_STORAGE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 #: Query parameters that would contradict the URL itself, or put a secret into argv.
@@ -73,6 +85,9 @@ _KEYED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _PARAM_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
+_STORAGE_CLASS = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+#: A KMS key id, key ARN, alias name (alias/x) or alias ARN.
+_KMS_KEY = re.compile(r"^[A-Za-z0-9:/_-]{1,2048}$")
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", ""}
 _ENCODE_HINT = "percent-encode special characters in the user and password (/ %2F, ? %3F, # %23, @ %40, , %2C, % %25)"
@@ -90,7 +105,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class S3Settings:
-    """Where and how to reach an S3-compatible store. Equal settings share one client."""
+    """Where and how to reach an S3-compatible store, and how new objects are stored there. Equal
+    settings share one client."""
 
     endpoint: str | None = None
     region: str | None = None
@@ -101,6 +117,15 @@ class S3Settings:
     max_attempts: int = 5
     part_size: int = DEFAULT_PART_SIZE_MB * 1024 * 1024
     concurrency: int = DEFAULT_UPLOAD_CONCURRENCY
+    #: S3_STORAGE_CLASS; None: the store's default (STANDARD).
+    storage_class: str | None = None
+    #: S3_SSE, ``AES256`` or ``aws:kms``; None: the bucket's default encryption.
+    sse: str | None = None
+    #: S3_SSE_KMS_KEY_ID, only with ``sse="aws:kms"``; None: the account's aws/s3 key.
+    sse_kms_key_id: str | None = None
+    #: S3_OBJECT_LOCK_MODE, GOVERNANCE or COMPLIANCE; None: no lock. Each backup's retain-until date
+    #: comes from its connection's retention (pipeline.retain_until; docs/storage.md, "Object Lock").
+    object_lock_mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +283,54 @@ def check_region(region: str, what: str) -> str:
     if not _REGION.match(region):
         raise ConfigError(f"{what}: {_show(region)} is not a region name. Fix: use a name such as us-east-1.")
     return region
+
+
+def check_storage_class(value: str, what: str) -> str:
+    """A storage class name, upper-cased. Whether AWS knows it is checked per connection, where the
+    endpoint is known (:func:`_check_aws_storage_class`)."""
+    name = value.strip().upper()
+    if not _STORAGE_CLASS.match(name):
+        raise ConfigError(f"{what}: {_show(value)} is not a storage class name. Fix: use the store's class "
+                          "name, such as STANDARD_IA or GLACIER_IR (upper-case letters, digits and _).")
+    if name in ARCHIVE_STORAGE_CLASSES:
+        log.warning("%s: %s backups must be restored from the archive tier (hours, and a request per object) "
+                    "before pgbkp restore or verify can read them. GLACIER_IR reads at once.", what, name)
+    return name
+
+
+def _check_aws_storage_class(s3: S3Settings, what: str) -> None:
+    """On AWS (no endpoint) only AWS's own classes; another store may name its own."""
+    if s3.endpoint is None and s3.storage_class is not None and s3.storage_class not in AWS_STORAGE_CLASSES:
+        raise ConfigError(f"{what}: {_show(s3.storage_class)} is not an AWS S3 storage class. Fix: use one of "
+                          f"{', '.join(AWS_STORAGE_CLASSES)}, or leave it unset for STANDARD.")
+
+
+def check_sse(value: str, what: str) -> str:
+    """``AES256`` or ``aws:kms``, whatever the case."""
+    folded = {m.lower(): m for m in SSE_MODES}.get(value.strip().lower())
+    if folded is None:
+        raise ConfigError(f"{what}: {_show(value)} is not a server-side encryption mode. Fix: use AES256 or "
+                          "aws:kms, or leave it unset (the bucket's default encryption applies).")
+    return folded
+
+
+def check_kms_key_id(value: str, what: str) -> str:
+    key = value.strip()
+    if not _KMS_KEY.match(key):
+        raise ConfigError(f"{what}: {_show(key, 200)} is not a KMS key id. Fix: use a key ARN "
+                          "(arn:aws:kms:REGION:ACCOUNT:key/ID), a key id, or alias/NAME.")
+    return key
+
+
+def check_lock_mode(value: str, what: str) -> str | None:
+    """``GOVERNANCE`` or ``COMPLIANCE``, whatever the case; ``off`` or ``none``: no lock (None)."""
+    mode = value.strip().upper()
+    if mode in ("OFF", "NONE"):
+        return None
+    if mode not in OBJECT_LOCK_MODES:
+        raise ConfigError(f"{what}: {_show(value)} is not an Object Lock mode. Fix: use GOVERNANCE or "
+                          "COMPLIANCE, or off (no lock).")
+    return mode
 
 
 def split_list(value: str) -> frozenset[str]:
@@ -614,6 +687,15 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"{given}: set without {missing}. Fix: set both, or neither (then the AWS role "
                           "or default credentials are used).")
     region = _get(env, "S3_REGION")
+    sse_raw, kms_raw = _get(env, "S3_SSE"), _get(env, "S3_SSE_KMS_KEY_ID")
+    storage_class, lock_mode = _get(env, "S3_STORAGE_CLASS"), _get(env, "S3_OBJECT_LOCK_MODE")
+    sse = check_sse(sse_raw, "S3_SSE") if sse_raw else None
+    kms_key = check_kms_key_id(kms_raw, "S3_SSE_KMS_KEY_ID") if kms_raw else None
+    if kms_key is not None and sse != "aws:kms":
+        raise ConfigError(f"S3_SSE_KMS_KEY_ID: {_show(kms_key, 200)} is set, but S3_SSE is "
+                          f"{_show(sse) if sse else 'unset'}, and a KMS key applies only to aws:kms. "
+                          "Fix: set S3_SSE=aws:kms, or unset S3_SSE_KMS_KEY_ID.")
+    lock = check_lock_mode(lock_mode, "S3_OBJECT_LOCK_MODE") if lock_mode else None
     glob_s3 = S3Settings(
         endpoint=check_endpoint(env["S3_ENDPOINT"], "S3_ENDPOINT") if _get(env, "S3_ENDPOINT") else None,
         region=check_region(region, "S3_REGION") if region else None,
@@ -626,6 +708,9 @@ def load(env: Mapping[str, str] | None = None) -> Config:
                             minimum=5, maximum=512) * 1024 * 1024,
         concurrency=parse_int(_get(env, "S3_UPLOAD_CONCURRENCY", str(DEFAULT_UPLOAD_CONCURRENCY)),
                               "S3_UPLOAD_CONCURRENCY", minimum=1, maximum=32),
+        storage_class=check_storage_class(storage_class, "S3_STORAGE_CLASS") if storage_class else None,
+        sse=sse,
+        sse_kms_key_id=kms_key,
     )
     global_bucket = _get(env, "S3_BUCKET") or None
     if global_bucket:
@@ -670,7 +755,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("PG_URLS: not set. Fix: PG_URLS=postgres://user:pass@host:5432/postgres "
                           "(several connections separated by commas).")
     items = [split_item(text, n) for n, text in enumerate(split_items(raw), start=1)]
-    connections = [_connection(item, glob_s3, global_bucket, global_ignore, retention) for item in items]
+    connections = [_connection(item, glob_s3, global_bucket, global_ignore, retention, lock, tz_name)
+                   for item in items]
     connections = _name_connections(connections)
 
     password = env.get("ZIP_PASSWORD", "")
@@ -698,6 +784,8 @@ def _connection(
     global_bucket: str | None,
     global_ignore: frozenset[str],
     retention: Mapping[str, int],
+    lock_mode: str | None = None,
+    timezone: str = DEFAULT_TIMEZONE,
 ) -> Connection:
     f = item.fields
     where = item.label or f"PG_URLS item {item.number}"
@@ -740,6 +828,7 @@ def _connection(
         if k in f else retention[k.split("_")[1]]
         for k in ("retention_days", "retention_weeks", "retention_months")
     )
+    s3 = _storage_settings(s3, f, where, lock_mode, (days, weeks, months))
     db_buckets = parse_db_buckets(f["db_buckets"], where) if "db_buckets" in f else {}
     if bucket is None and not db_buckets:
         raise ConfigError(
@@ -759,6 +848,40 @@ def _connection(
         retention_weeks=weeks,
         retention_months=months,
     )
+
+
+def _storage_settings(s3: S3Settings, f: Mapping[str, str], where: str, lock_mode: str | None,
+                      policy: tuple[int, int, int]) -> S3Settings:
+    """The item's storage class, encryption and Object Lock over the global ones, checked together:
+    a KMS key only with aws:kms, a lock only with a retention policy to compute its date from."""
+    if "storage_class" in f:
+        s3 = replace(s3, storage_class=check_storage_class(f["storage_class"], f"{where}: field 'storage_class'"))
+    _check_aws_storage_class(s3, f"{where}: field 'storage_class'" if "storage_class" in f else
+                             f"S3_STORAGE_CLASS (for {where}, which has no endpoint)")
+    if "sse" in f:
+        sse = check_sse(f["sse"], f"{where}: field 'sse'")
+        # The global key belongs to the global aws:kms; another mode here drops it.
+        s3 = replace(s3, sse=sse, sse_kms_key_id=s3.sse_kms_key_id if sse == "aws:kms" else None)
+    if "sse_kms_key_id" in f:
+        key = check_kms_key_id(f["sse_kms_key_id"], f"{where}: field 'sse_kms_key_id'")
+        if s3.sse != "aws:kms":
+            raise ConfigError(f"{where}: field 'sse_kms_key_id': {_show(key, 200)} is set, but this item's "
+                              f"encryption is {_show(s3.sse) if s3.sse else 'unset'}, and a KMS key applies only to "
+                              "aws:kms. Fix: add sse=aws:kms to this item (or set S3_SSE=aws:kms), or remove "
+                              "sse_kms_key_id.")
+        s3 = replace(s3, sse_kms_key_id=key)
+    if "object_lock_mode" in f:
+        lock_mode = check_lock_mode(f["object_lock_mode"], f"{where}: field 'object_lock_mode'")
+    if lock_mode is None:
+        return replace(s3, object_lock_mode=None)
+    if not any(policy):
+        what = (f"{where}: field 'object_lock_mode': {lock_mode}" if "object_lock_mode" in f
+                else f"S3_OBJECT_LOCK_MODE: {lock_mode} (for {where})")
+        raise ConfigError(f"{what} locks each backup for as long as retention keeps it, but retention is off "
+                          "(RETENTION_DAYS, RETENTION_WEEKS and RETENTION_MONTHS are all 0), so there is no date to "
+                          "lock until. Fix: set RETENTION_DAYS (or retention_days= in this item), or set "
+                          "object_lock_mode=off in this item, or unset S3_OBJECT_LOCK_MODE.")
+    return replace(s3, object_lock_mode=lock_mode)
 
 
 def _name_connections(connections: list[Connection]) -> list[Connection]:

@@ -225,12 +225,16 @@ def summarize(result: DatabaseResult) -> dict[str, Any]:
     """One database's entry in the result, the same for Lambda, ``pgbkp serve`` and ``pgbkp backup --json``
     (README.md, "Result"): ``DatabaseResult.as_dict()`` (connection, database, bucket, key, status,
     raw_bytes, object_bytes, seconds, error, size_estimate), ``bytes`` (object_bytes under the name Lambda
-    results have always used) and what retention did (deleted keys with their reasons, how many kept)."""
+    results have always used) and what retention did (deleted keys with their reasons, how many kept, and
+    the ones it would have deleted but S3 Object Lock still holds)."""
     deleted = [{"key": a.key, "reasons": a.reasons, "done": a.done} for a in result.retention if a.action == "delete"]
+    locked = [{"key": a.key, "reasons": a.reasons} for a in result.retention
+              if a.action == "keep" and a.reasons and a.reasons[0].startswith(pipeline.LOCKED_REASONS)]
     return {
         **result.as_dict(),
         "bytes": result.object_bytes,
-        "retention": {"deleted": deleted, "kept": sum(a.action == "keep" for a in result.retention)},
+        "retention": {"deleted": deleted, "kept": sum(a.action == "keep" for a in result.retention),
+                      "locked": locked},
     }
 
 

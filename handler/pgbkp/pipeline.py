@@ -10,22 +10,23 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from pgbkp import __version__, keys, postgres, retention
+from pgbkp import __version__, integrity, keys, postgres, retention
 from pgbkp.archive import ZipStreamWriter
-from pgbkp.config import Config, ConfigError, Connection
+from pgbkp.config import Config, Connection, parse_int
 from pgbkp.redact import redact
-from pgbkp.storage import Storage, StorageError
+from pgbkp.storage import ObjectExistsError, ObjectInfo, Storage, StorageError
 from pgbkp.storage.s3 import S3Storage
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 20
-STALE_UPLOAD_AGE = timedelta(days=1)
+#: How long a multipart upload of ours must have had no new part before a later run aborts it.
+STALE_UPLOAD_IDLE = timedelta(hours=1)
 
 
 class CancelledError(Exception):
@@ -63,18 +64,34 @@ class RetentionAction:
 
 @dataclass
 class DatabaseResult:
+    """One database's outcome. ``raw_bytes`` counts what pg_dump wrote, also when the backup then failed;
+    ``size_estimate`` is the database's size on disk (what a dry run can tell, usually more than a dump)."""
+
     connection: str
     database: str
     bucket: str = ""
     key: str = ""
-    status: str = "failed"  # ok | failed | dry-run | deferred
+    status: str = "failed"  # ok | failed | dry-run (skipped ones become a Skipped entry)
     raw_bytes: int = 0
     object_bytes: int = 0
     seconds: float = 0.0
     error: str | None = None
     retention: list[RetentionAction] = field(default_factory=list)
+    size_estimate: int = 0
 
     def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A database deliberately not backed up (ignored, or named but not found): not a failure."""
+
+    connection: str
+    database: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
         return asdict(self)
 
 
@@ -82,6 +99,7 @@ class DatabaseResult:
 class RunResult:
     results: list[DatabaseResult] = field(default_factory=list)
     deferred: list[Job] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -161,6 +179,10 @@ def _ctx(job: Job) -> dict[str, Any]:
 class Plan:
     jobs: list[Job] = field(default_factory=list)
     failures: list[DatabaseResult] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+IGNORED = "ignored (IGNORE_DATABASES or ignore=)"
 
 
 def plan(
@@ -172,60 +194,102 @@ def plan(
 ) -> Plan:
     """List each selected connection's databases and decide bucket and key for each.
 
-    A connection that cannot be listed becomes a failed result (the others still run); a database
-    with no bucket, or a requested database that does not exist, is a ConfigError: nothing runs.
+    One database or connection never stops the others: a connection that cannot be listed, a database
+    the user may not CONNECT to, or one without a bucket becomes a failed result; an ignored database,
+    or a requested one that does not exist (dropped since a hand-off named it), is skipped with a warning.
     """
     now = (now or datetime.now(UTC)).astimezone(config.timezone).replace(tzinfo=None, second=0, microsecond=0)
     selected = [config.connection(c) for c in connections] if connections else list(config.connections)
     out = Plan()
     for conn in selected:
+        item = f"PG_URLS item {conn.index + 1} ({conn.name})"
         try:
             server, found = postgres.list_databases(conn.pg, bindir=config.pg_bindir)
         except postgres.PostgresError as exc:
-            msg = f"PG_URLS item {conn.index + 1} ({conn.name}): field 'url': {exc}"
+            msg = f"{item}: field 'url': {exc}"
             log.error(msg, extra={"connection": conn.name})
             out.failures.append(DatabaseResult(conn.name, "*", error=msg))
             continue
         names = {d.name: d for d in found}
         if databases:
-            missing = [d for d in databases if d not in names]
-            if missing and len(selected) == 1:
-                raise ConfigError(
-                    f"connection {conn.name!r}: no database {', '.join(map(repr, missing))} to back up "
-                    f"(found: {', '.join(map(repr, sorted(names))) or 'none'})")
+            for name in (d for d in databases if d not in names):
+                reason = (f"no database {name!r} on {conn.pg.display} (dropped, or misspelt?); the others "
+                          f"go on. Found: {', '.join(map(repr, sorted(names))) or 'none'}")
+                log.warning("skipped %s: %s", name, reason, extra={"connection": conn.name, "database": name})
+                out.skipped.append(Skipped(conn.name, name, reason))
             chosen = [names[d] for d in databases if d in names]
         else:
             chosen = [d for d in found if d.name not in conn.ignore]
+            out.skipped += [Skipped(conn.name, d.name, IGNORED) for d in found if d.name in conn.ignore]
         for info in chosen:
+            ctx = {"connection": conn.name, "database": info.name}
             bucket = conn.bucket_for(info.name)
-            if bucket is None:
-                raise ConfigError(
-                    f"PG_URLS item {conn.index + 1} ({conn.name}): no bucket for database {info.name!r}. "
-                    "Fix: add it to db_buckets=, or set bucket= or S3_BUCKET.")
             key = keys.object_key(config.global_prefix, conn.base_dir, info.name, now, conn.prefix)
+            error = None
+            if bucket is None:
+                error = (f"{item}: no bucket for database {info.name!r}. Fix: add it to db_buckets=, set "
+                         "bucket= or S3_BUCKET, or skip it with ignore=.")
+            elif not info.can_connect:
+                error = (f"{item}: user {conn.pg.user!r} may not connect to database {info.name!r} (no CONNECT "
+                         f"privilege). Fix: GRANT CONNECT ON DATABASE {postgres.quote_ident(info.name)} TO "
+                         f"{postgres.quote_ident(conn.pg.user)}, or skip it with ignore= or IGNORE_DATABASES.")
+            if error is not None:
+                log.error("%s", error, extra=ctx)
+                out.failures.append(DatabaseResult(conn.name, info.name, bucket or "", key if bucket else "",
+                                                   error=error))
+                continue
+            assert bucket is not None
             out.jobs.append(Job(conn, info.name, bucket, key, now, info.size, server.version))
     return out
 
 
-def check_buckets(jobs: Iterable[Job], storage_for: Callable[[Connection], Storage]) -> None:
-    """Every bucket must exist before the first dump starts (ConfigError otherwise)."""
+def check_buckets(jobs: Iterable[Job], storage_for: Callable[[Connection], Storage]) -> dict[tuple[int, str], str]:
+    """Check each bucket once before the first dump; return the error of each that failed, by (connection
+    index, bucket). A missing bucket or an unreachable store fails only the databases that go there."""
     seen: set[tuple[int, str]] = set()
+    failed: dict[tuple[int, str], str] = {}
     for job in jobs:
-        if (job.connection.index, job.bucket) in seen:
+        where = (job.connection.index, job.bucket)
+        if where in seen:
             continue
-        seen.add((job.connection.index, job.bucket))
+        seen.add(where)
+        storage = storage_for(job.connection)
         try:
-            storage_for(job.connection).check_bucket(job.bucket)
+            storage.check_bucket(job.bucket)
+            lock_mode = job.connection.s3.object_lock_mode
+            if lock_mode and storage.object_lock_enabled(job.bucket) is False:
+                raise StorageError(f"check bucket s3://{job.bucket}: S3_OBJECT_LOCK_MODE is {lock_mode}, but the "
+                                   "bucket has no Object Lock. Fix: use a bucket created with Object Lock, or "
+                                   "unset S3_OBJECT_LOCK_MODE (object_lock_mode=off in this item)")
         except StorageError as exc:
             field_name = ("db_buckets" if job.database in job.connection.db_buckets else
                           "bucket (or S3_BUCKET)")
-            raise ConfigError(
-                f"PG_URLS item {job.connection.index + 1} ({job.connection.name}): field '{field_name}': {exc}"
-            ) from None
+            failed[where] = redact(
+                f"PG_URLS item {job.connection.index + 1} ({job.connection.name}): field '{field_name}': {exc}")
+            log.error("%s", failed[where], extra={"connection": job.connection.name})
+    return failed
+
+
+def retain_until(config: Config, job: Job) -> datetime | None:
+    """With S3_OBJECT_LOCK_MODE, when a new backup's lock ends: local midnight (in TIMEZONE) of the
+    first day retention could delete it, so it stays locked exactly as long as retention must keep it
+    (a later weekly or monthly keeper gets its lock extended: _extend_locks)."""
+    if job.connection.s3.object_lock_mode is None:
+        return None
+    return retention.local_midnight(retention.lock_date(job.when.date(), policy_for(job.connection)),
+                                    config.timezone)
+
+
+def lock_wait_timeout(config: Config) -> int:
+    """PG_LOCK_WAIT_TIMEOUT_SECONDS: how long pg_dump waits for its table locks (0: forever)."""
+    raw = config.env.get("PG_LOCK_WAIT_TIMEOUT_SECONDS", "").strip()
+    return parse_int(raw or str(postgres.DEFAULT_LOCK_WAIT_TIMEOUT), "PG_LOCK_WAIT_TIMEOUT_SECONDS",
+                     maximum=86_400)
 
 
 def object_metadata(job: Job, pg_dump_version: str) -> dict[str, str]:
-    """What we know before the dump starts; raw size and sha256 are added at commit."""
+    """What we know before the dump starts. The SHA-256 and the dump's size are only known at its end:
+    they are in the archive's own integrity record (pgbkp.integrity), which this metadata announces."""
     ascii_only = lambda s: s.encode("ascii", "replace").decode()  # noqa: E731 - S3 metadata is ASCII
     return {
         "database": urllib.parse.quote(job.database, safe=""),
@@ -233,20 +297,30 @@ def object_metadata(job: Job, pg_dump_version: str) -> dict[str, str]:
         "pg-dump-version": ascii_only(pg_dump_version),
         "tool-version": f"pgbkp {__version__}",
         "created": job.when.strftime("%Y-%m-%dT%H:%M"),
+        integrity.METADATA_KEY: integrity.METADATA_VALUE,
     }
 
 
-def clean_stale_uploads(storage: Storage, job: Job, now: datetime | None = None) -> int:
-    """Abort multipart uploads a killed run left in this database's own folder (S3 bills their parts)."""
+def clean_stale_uploads(config: Config, storage: Storage, job: Job, now: datetime | None = None) -> int:
+    """Abort the multipart uploads a killed run of this database left behind (S3 bills their parts).
+
+    Only uploads to this database's own backup names in its own folder, never our own key (a run of the
+    same minute may be live), and only once nothing has been uploaded to them for STALE_UPLOAD_IDLE:
+    a live run sends a part every few MB of compressed dump, so an upload idle that long has no owner.
+    """
     now = now or datetime.now(UTC)
+    conn = job.connection
     count = 0
     for pending in storage.pending_uploads(job.bucket, job.folder):
-        if pending.key.rsplit("/", 1)[0] + "/" != job.folder or now - pending.initiated < STALE_UPLOAD_AGE:
+        parsed = keys.parse_key(pending.key, config.global_prefix, conn.base_dir, conn.prefix)
+        if parsed is None or parsed[0] != job.database or pending.key == job.key:
+            continue
+        if now - pending.last_activity < STALE_UPLOAD_IDLE:
             continue
         storage.abort_pending(pending)
         count += 1
-        log.info("aborted stale multipart upload s3://%s/%s from %s", job.bucket, pending.key,
-                 pending.initiated.isoformat(), extra=_ctx(job))
+        log.info("aborted multipart upload s3://%s/%s left by a stopped run (idle since %s)", job.bucket,
+                 pending.key, pending.last_activity.isoformat(), extra=_ctx(job))
     return count
 
 
@@ -267,26 +341,33 @@ def backup_database(
     upload = None
     try:
         try:
-            clean_stale_uploads(storage, job)
+            clean_stale_uploads(config, storage, job)
         except StorageError as exc:  # housekeeping: never a reason to skip the backup itself
             log.warning("could not look for stale multipart uploads: %s", redact(str(exc)), extra=_ctx(job))
         upload = storage.upload(job.bucket, job.key, metadata=object_metadata(job, pg_dump_version),
-                                on_progress=lambda n: observer.uploaded(job, n))
+                                on_progress=lambda n: observer.uploaded(job, n), should_stop=should_stop,
+                                retain_until=retain_until(config, job))
         password = config.zip_password.reveal().encode() if config.zip_password else None
-        with postgres.DumpStream(job.connection.pg, job.database, bindir=config.pg_bindir,
-                                 stop=should_stop) as dump:
+        with postgres.DumpStream(job.connection.pg, job.database, bindir=config.pg_bindir, stop=should_stop,
+                                 lock_wait_timeout=lock_wait_timeout(config)) as dump:
             writer = ZipStreamWriter(upload, keys.member_name(job.key), password=password,
                                      level=config.compression_level, threads=config.compression_threads,
                                      mtime=job.when)
             with writer:
                 while chunk := dump.read(READ_CHUNK):
                     writer.write(chunk)
+                    result.raw_bytes += len(chunk)
                     observer.dumped(job, len(chunk))
                     if should_stop():
                         raise CancelledError(f"backup {job.url}: stopped before the dump finished")
-                stats = writer.close()
-        info = upload.commit({"raw-size": str(stats.raw_bytes)})
-        result.status, result.raw_bytes, result.object_bytes = "ok", stats.raw_bytes, info.size
+                writer.close()
+        if should_stop():
+            raise CancelledError(f"backup {job.url}: stopped before the upload was committed")
+        info = upload.commit()
+        result.status, result.object_bytes = "ok", info.size
+    except ObjectExistsError as exc:
+        # Two runs in the same minute share a key: the backup already there is kept, whole.
+        result.status, result.error = "skipped", redact(str(exc))  # commit() already dropped our upload
     except BaseException as exc:  # Ctrl-C too: whatever stops us, the upload must not stay pending
         result.error = redact(str(exc) if isinstance(exc, postgres.PostgresError | StorageError | CancelledError)
                               else f"backup {job.url}: {type(exc).__name__}: {exc}")
@@ -326,13 +407,18 @@ def retention_plan(config: Config, job: Job, storage: Storage, *, protect: Seque
 
 def apply_retention(config: Config, job: Job, storage: Storage, written_key: str | None, *,
                     dry_run: bool = False) -> list[RetentionAction]:
-    """Delete what the plan says, after this run's verified upload of this database (or, dry, just say)."""
+    """Delete what the plan says, after this run's verified upload of this database (or, dry, just say).
+
+    With S3 Object Lock, a doomed backup that is still locked is kept instead ("locked until ..."), and
+    with S3_OBJECT_LOCK_MODE a backup the plan now keeps longer than its lock has its lock extended."""
     policy = policy_for(job.connection)
     if not policy.enabled:
         return []
     the_plan = retention_plan(config, job, storage, protect=[written_key] if written_key else [])
     actions = [RetentionAction(d.backup.key, "delete", list(d.reasons)) for d in the_plan.delete]
     actions += [RetentionAction(d.backup.key, "keep", list(d.reasons)) for d in the_plan.keep]
+    _keep_locked(job, storage, [a for a in actions if a.action == "delete"])
+    _extend_locks(config, job, storage, the_plan, {a.key: a for a in actions}, dry_run=dry_run)
     doomed = [a for a in actions if a.action == "delete"]
     for a in doomed:
         log.info("%s s3://%s/%s: %s", "would delete" if dry_run else "delete", job.bucket, a.key,
@@ -342,6 +428,69 @@ def apply_retention(config: Config, job: Job, storage: Storage, written_key: str
         for a in doomed:
             a.done = True
     return actions
+
+
+#: How a kept action says that Object Lock, not the plan, kept it (reports list these apart).
+LOCKED_REASONS = ("locked until", "under legal hold")
+
+
+def _utc(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _keep_locked(job: Job, storage: Storage, doomed: list[RetentionAction]) -> None:
+    """Turn each doomed backup that Object Lock still protects into a kept one: S3 would refuse to
+    delete it, or on a versioned bucket only hide it behind a delete marker while it stays billed.
+
+    The bucket's lock configuration is asked once per run (the storage caches it); only when it has
+    Object Lock is each doomed key headed. This never fails the run: a store that will not say, or a
+    head that fails, leaves the backup to be deleted as planned."""
+    if not doomed or not storage.object_lock_enabled(job.bucket):
+        return
+    now = datetime.now(UTC)
+    for a in doomed:
+        try:
+            info = storage.head(job.bucket, a.key)
+        except StorageError as exc:
+            log.warning("could not look at the Object Lock of s3://%s/%s (%s); deleting it as planned", job.bucket,
+                        a.key, redact(str(exc)), extra=_ctx(job))
+            continue
+        if not info.locked(now):
+            continue
+        why = [*([f"locked until {_utc(info.lock_until)}"] if info.lock_until and info.lock_until > now else []),
+               *(["under legal hold"] if info.legal_hold else [])]
+        log.info("keep s3://%s/%s: %s (retention would delete it: %s)", job.bucket, a.key, "; ".join(why),
+                 "; ".join(a.reasons), extra=_ctx(job))
+        a.action, a.reasons = "keep", why
+
+
+def _extend_locks(config: Config, job: Job, storage: Storage, the_plan: retention.Plan,
+                  actions: dict[str, RetentionAction], *, dry_run: bool) -> None:
+    """S3_OBJECT_LOCK_MODE: lock each backup the plan keeps past the lock it was written with (the
+    newest of a week or month that is over) until the rules stop keeping it. Only ever lengthens, and
+    heads only those backups, so a run costs a HEAD per weekly or monthly keeper and one
+    PutObjectRetention per backup that has just become one. Failing here fails retention (reported)."""
+    lock_mode = job.connection.s3.object_lock_mode
+    if lock_mode is None:
+        return
+    policy = policy_for(job.connection)
+    for d in the_plan.keep:
+        if d.keep_until is None or d.keep_until <= retention.lock_date(d.backup.taken.date(), policy):
+            continue
+        until = retention.local_midnight(d.keep_until, config.timezone)
+        info = storage.head(job.bucket, d.backup.key)
+        if info.lock_until is not None and info.lock_until >= until:
+            continue
+        # S3 lets a GOVERNANCE lock become COMPLIANCE, never the reverse.
+        mode = "COMPLIANCE" if "COMPLIANCE" in (info.lock_mode, lock_mode) else lock_mode
+        if dry_run:
+            reason = f"would extend its lock to {_utc(until)}"
+        else:
+            storage.extend_lock(job.bucket, d.backup.key, mode, until)
+            reason = f"lock extended to {_utc(until)}"
+        actions[d.backup.key].reasons.append(reason)
+        log.info("%s s3://%s/%s: %s", "would extend the lock of" if dry_run else "extended the lock of",
+                 job.bucket, d.backup.key, f"{mode} until {_utc(until)} ({'; '.join(d.reasons)})", extra=_ctx(job))
 
 
 def run(
@@ -360,30 +509,68 @@ def run(
     the jobs not started are returned in ``RunResult.deferred``.
     """
     storage_for = storage_for or StorageCache()
-    out = RunResult(results=list(the_plan.failures))
-    check_buckets(the_plan.jobs, storage_for)
+    out = RunResult(results=list(the_plan.failures), skipped=list(the_plan.skipped))
+    bad_buckets = check_buckets(the_plan.jobs, storage_for)
+    jobs = []
+    for job in the_plan.jobs:
+        error = bad_buckets.get((job.connection.index, job.bucket))
+        if error is None:
+            jobs.append(job)
+        else:
+            out.results.append(DatabaseResult(job.connection.name, job.database, job.bucket, job.key,
+                                              error=error, size_estimate=job.size_estimate))
     versions: dict[str, str] = {}
-    for i, job in enumerate(the_plan.jobs):
-        if should_stop() or not before_job(job, the_plan.jobs[i:]):
-            out.deferred = the_plan.jobs[i:]
+    for i, job in enumerate(jobs):
+        if should_stop() or not before_job(job, jobs[i:]):
+            out.deferred = jobs[i:]
             break
         storage = storage_for(job.connection)
         if dry_run:
             result = DatabaseResult(job.connection.name, job.database, job.bucket, job.key, "dry-run",
-                                    raw_bytes=job.size_estimate)
-            log.info("would back up %s to %s (about %d bytes on disk)", job.database, job.url,
+                                    size_estimate=job.size_estimate)
+            log.info("would back up %s to %s (about %d bytes on disk, an estimate)", job.database, job.url,
                      job.size_estimate, extra=_ctx(job))
-            result.retention = _safe_retention(config, job, storage, None, result, dry_run=True)
+            # Plan over the store as the real run will see it: with this run's object in it, protected.
+            after = cast(Storage, _AfterUpload(storage, job))
+            result.retention = _safe_retention(config, job, after, job.key, result, dry_run=True)
             out.results.append(result)
             continue
         if "pg_dump" not in versions:
             versions["pg_dump"] = _pg_dump_version(config)
         result = backup_database(config, job, storage, observer=observer, should_stop=should_stop,
                                  pg_dump_version=versions["pg_dump"])
+        result.size_estimate = job.size_estimate
+        if result.status == "skipped":  # the same minute's backup is already there, kept as it is
+            out.skipped.append(Skipped(job.connection.name, job.database, result.error or "already backed up"))
+            continue
         if result.status == "ok":
             result.retention = _safe_retention(config, job, storage, job.key, result)
         out.results.append(result)
     return out
+
+
+class _AfterUpload:
+    """A dry run's view of the store: what it lists, plus the object the real run would write (size 0).
+
+    Retention plans over this, so ``--dry-run`` shows exactly the deletions of the real run (an earlier
+    backup of today is "not the newest of today" once this run's backup exists)."""
+
+    def __init__(self, storage: Storage, job: Job) -> None:
+        self._storage, self._job = storage, job
+
+    def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
+        listed = False
+        for obj in self._storage.list(bucket, prefix):
+            listed = listed or obj.key == self._job.key
+            yield obj
+        if not listed and bucket == self._job.bucket and self._job.key.startswith(prefix):
+            yield ObjectInfo(bucket, self._job.key, 0)
+
+    def delete(self, bucket: str, keys: Sequence[str]) -> None:
+        raise StorageError(f"delete s3://{bucket}: a dry run deletes nothing")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
 
 
 def _safe_retention(config: Config, job: Job, storage: Storage, written: str | None, result: DatabaseResult,

@@ -15,13 +15,18 @@ Rules, in short:
   last M calendar months (the current month is the first).
 * Safety nets: the newest backup overall, ``protect`` keys and backups dated
   after today are never deleted.  All values 0 means retention is off.
+
+For S3 Object Lock the same rules give dates: :func:`lock_date` is the day a
+new backup's lock ends (the end of the finest rule's window), and a kept
+decision's ``keep_until`` is the day the rules stop keeping it, once the
+periods it is the newest of are over (so no later backup can take its place).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 __all__ = [
@@ -29,7 +34,9 @@ __all__ = [
     "Decision",
     "Plan",
     "Policy",
+    "local_midnight",
     "local_today",
+    "lock_date",
     "plan",
 ]
 
@@ -92,10 +99,16 @@ class Policy:
 
 @dataclass(frozen=True)
 class Decision:
-    """A backup and every reason it is kept (or, in ``Plan.delete``, deleted)."""
+    """A backup and every reason it is kept (or, in ``Plan.delete``, deleted).
+
+    ``keep_until``: for a kept backup, the local date from which the rules stop keeping it, counted
+    only over the periods (day, ISO week, month) it is the newest of and that are over, so that no
+    later backup can take its place; None when no such period exists yet, or only a safety net keeps it.
+    """
 
     backup: Backup
     reasons: tuple[str, ...]
+    keep_until: date | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,55 @@ def local_today(now_utc: datetime, tz: ZoneInfo) -> date:
     if now_utc.tzinfo is None or now_utc.utcoffset() is None:
         raise ValueError("local_today: now_utc must be timezone-aware")
     return now_utc.astimezone(tz).date()
+
+
+def _shift_days(d: date, n: int) -> date:
+    return d + timedelta(days=n)
+
+
+def _shift_weeks(d: date, n: int) -> date:
+    return d - timedelta(days=d.weekday()) + timedelta(weeks=n)
+
+
+def _shift_months(d: date, n: int) -> date:
+    index = d.year * 12 + d.month - 1 + n
+    return date(index // 12, index % 12 + 1, 1)
+
+
+# The first day of the period ``n`` periods after the one holding ``d`` (the day, its ISO week, its
+# month): with n = the rule's count, the first day the rule no longer keeps a backup taken on ``d``.
+_Shift = Callable[[date, int], date]
+
+
+def _windows(policy: Policy) -> list[tuple[int, _Shift]]:
+    """The rules that are on, finest first, as (count, shift); the same order as ``plan``'s rules."""
+    pairs = ((policy.days, _shift_days), (policy.weeks, _shift_weeks), (policy.months, _shift_months))
+    return [(n, shift) for n, shift in pairs if n]
+
+
+def _after(shift: _Shift, d: date, n: int) -> date:
+    try:
+        return shift(d, n)
+    except (OverflowError, ValueError):  # past year 9999: as good as never
+        return date.max
+
+
+def lock_date(day: date, policy: Policy) -> date:
+    """The local date whose start ends the Object Lock of a backup taken on ``day``: the end of the
+    window of the finest rule that is on (``day + days``; else the Monday ``weeks`` weeks after its
+    week's; else the 1st of the month ``months`` after its month). Exact for a schedule as frequent as
+    that rule; a backup a coarser rule keeps longer is extended later (``Decision.keep_until``)."""
+    windows = _windows(policy)
+    if not windows:
+        raise ValueError("retention lock_date: retention is off, so there is no date to lock until")
+    n, shift = windows[0]
+    return _after(shift, day, n)
+
+
+def local_midnight(day: date, tz: ZoneInfo) -> datetime:
+    """The start of ``day`` in ``tz``, in UTC. Where midnight does not exist (a DST change at 00:00),
+    the moment the day starts."""
+    return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
 
 
 # A rule maps a date to the label of its bucket, or None when the date falls
@@ -190,6 +252,7 @@ def plan(
 
     keep: dict[str, list[str]] = {b.key: [] for b in ordered}
     drop: dict[str, list[str]] = {b.key: [] for b in ordered}
+    until: dict[str, date] = {}
 
     rules: list[tuple[_Bucket, str]] = []
     if policy.days:
@@ -202,7 +265,7 @@ def plan(
     # Future-dated backups (clock skew) are kept and stay out of the buckets,
     # so they cannot displace the real newest backup of today's day/week/month.
     current = [b for b in ordered if b.taken.date() <= today]
-    for bucket_of, too_old in rules:
+    for (bucket_of, too_old), (count, shift) in zip(rules, _windows(policy), strict=True):
         filled: set[str] = set()
         for b in current:  # newest first: the first one seen in a bucket wins
             label = bucket_of(b.taken.date())
@@ -213,6 +276,9 @@ def plan(
             else:
                 filled.add(label)
                 keep[b.key].append(f"newest of {label}")
+                if _after(shift, b.taken.date(), 1) <= today:  # its period is over: it stays the newest
+                    end = _after(shift, b.taken.date(), count)
+                    until[b.key] = max(until.get(b.key, end), end)
 
     protected = set(protect)
     for b in ordered:
@@ -224,6 +290,6 @@ def plan(
         keep[ordered[0].key].append(REASON_NEWEST)
 
     return Plan(
-        keep=tuple(Decision(b, tuple(keep[b.key])) for b in ordered if keep[b.key]),
+        keep=tuple(Decision(b, tuple(keep[b.key]), until.get(b.key)) for b in ordered if keep[b.key]),
         delete=tuple(Decision(b, tuple(drop[b.key])) for b in ordered if not keep[b.key]),
     )

@@ -37,10 +37,19 @@ class ObjectInfo:
     last_modified: datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     etag: str | None = None
+    #: S3 Object Lock, as ``head()`` reports it: GOVERNANCE or COMPLIANCE, the retain-until time (aware,
+    #: UTC; a past one no longer protects), and a legal hold (which protects until it is removed).
+    lock_mode: str | None = None
+    lock_until: datetime | None = None
+    legal_hold: bool = False
 
     @property
     def url(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+    def locked(self, now: datetime) -> bool:
+        """Whether a delete of this object would be refused (or, on a versioned bucket, only hide it)."""
+        return self.legal_hold or (self.lock_until is not None and self.lock_until > now)
 
 
 @dataclass(frozen=True)
@@ -102,9 +111,10 @@ class Storage(Protocol):
 
     def upload(self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None,
                on_progress: Callable[[int], None] | None = None,
-               should_stop: Callable[[], bool] = lambda: False) -> Upload:
+               should_stop: Callable[[], bool] = lambda: False, retain_until: datetime | None = None) -> Upload:
         """Start a new object; ObjectExistsError if the key holds one already. ``should_stop`` is
-        polled while waiting on the store: when it turns true the upload raises UploadStoppedError."""
+        polled while waiting on the store: when it turns true the upload raises UploadStoppedError.
+        ``retain_until``: with an Object Lock mode set, the object is written locked until then."""
         ...
 
     def download(self, bucket: str, key: str) -> Download: ...
@@ -116,3 +126,12 @@ class Storage(Protocol):
     def pending_uploads(self, bucket: str, prefix: str) -> Iterator[PendingUpload]: ...
 
     def abort_pending(self, upload: PendingUpload) -> None: ...
+
+    def object_lock_enabled(self, bucket: str) -> bool | None:
+        """Whether the bucket has Object Lock (then ``head()`` fills ``ObjectInfo.lock_*``); None when the
+        store will not say (access denied, not implemented). Asked once per bucket per storage object."""
+        ...
+
+    def extend_lock(self, bucket: str, key: str, mode: str, until: datetime) -> None:
+        """Set the object's retention to ``mode`` until ``until``. Callers only ever lengthen a lock."""
+        ...

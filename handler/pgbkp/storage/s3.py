@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 #: reach ~440 GB while memory stays at a few parts for ordinary dumps.
 PARTS_PER_STEP = 1000
 MAX_PARTS = 10_000
+#: How long cleanup after a failure keeps trying (aborting an upload, looking for what landed): within
+#: Lambda's hard margin (20 s) and a container's usual stop timeout, so a stop is never outlasted.
+CLEANUP_SECONDS = 15.0
 #: How often a producer waiting on the store looks at its stop request.
 STOP_POLL_SECONDS = 0.2
 #: A conditional write (If-None-Match: *) refused: something is already under the key.
@@ -186,8 +189,10 @@ class S3Upload:
     the store is slow; ``on_progress`` runs on the part threads."""
 
     def __init__(self, storage: S3Storage, bucket: str, key: str, metadata: Mapping[str, str],
-                 on_progress: Callable[[int], None] | None, should_stop: Callable[[], bool]) -> None:
+                 on_progress: Callable[[int], None] | None, should_stop: Callable[[], bool],
+                 retain_until: datetime | None = None) -> None:
         self._s = storage
+        self._retain_until = retain_until
         self._client = storage.client
         self.bucket, self.key = bucket, key
         self._metadata = dict(metadata)
@@ -246,7 +251,8 @@ class S3Upload:
         if self._upload_id is None:
             try:
                 resp = self._client.create_multipart_upload(
-                    Bucket=self.bucket, Key=self.key, **self._s.create_args(self._metadata), **self._algorithm)
+                    Bucket=self.bucket, Key=self.key, **self._s.create_args(self._metadata, self._retain_until),
+                    **self._algorithm)
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
                 raise _error("upload", self.bucket, self.key, exc) from exc
             self._upload_id = resp["UploadId"]
@@ -321,7 +327,7 @@ class S3Upload:
         expected = md5.hexdigest()
         try:
             resp = self._client.put_object(Bucket=self.bucket, Key=self.key, Body=body, IfNoneMatch="*",
-                                           **self._s.create_args(self._metadata), **checks)
+                                           **self._s.create_args(self._metadata, self._retain_until), **checks)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             return self._resolve(exc, expected, len(body))
         if self._on_progress is not None:
@@ -342,15 +348,15 @@ class S3Upload:
         expected = _multipart_etag([self._part_md5[n] for n in sorted(self._parts)])
         self._raise_if_stopped()
         try:
-            self._client.complete_multipart_upload(
+            resp = self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": parts},
                 IfNoneMatch="*")
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             return self._resolve(exc, expected, self.bytes_written)
         self._upload_id = None
-        return self._check_landed(expected)
+        return self._check_landed(expected, md5_etags=_md5_etags(resp, self._s))
 
-    def _check_landed(self, expected_etag: str) -> ObjectInfo:
+    def _check_landed(self, expected_etag: str, *, md5_etags: bool) -> ObjectInfo:
         """What the store now holds under the key must be this upload: its size, and its ETag where the
         store computes ETags from MD5s (not with SSE-KMS). Catches a store that ignored If-None-Match
         and let another writer's completion replace ours."""
@@ -358,7 +364,7 @@ class S3Upload:
         if info.size != self.bytes_written:
             raise StorageError(f"upload {self.url}: the object under the key has {info.size} bytes, we wrote "
                                f"{self.bytes_written}: another run wrote the same key (left as it is)")
-        if self._s.etags_are_md5 and _norm_etag(info.etag) != _norm_etag(expected_etag):
+        if md5_etags and _norm_etag(info.etag) != _norm_etag(expected_etag):
             raise StorageError(f"upload {self.url}: the object under the key has ETag {info.etag}, ours is "
                                f"{expected_etag}: another run wrote the same key (left as it is)")
         return info
@@ -381,7 +387,7 @@ class S3Upload:
             raise StorageError(f"upload {self.url}: {what}") from exc
         landed_etag = str(info.get("ETag", ""))
         ours = int(info["ContentLength"]) == size and (
-            not self._s.etags_are_md5 or _norm_etag(landed_etag) == _norm_etag(expected_etag))
+            not _md5_etags(info, self._s) or _norm_etag(landed_etag) == _norm_etag(expected_etag))
         if not ours:
             raise self._exists_error()
         log.info("upload %s: %s, but the object that landed is ours (ETag %s)", self.url,
@@ -422,6 +428,12 @@ class S3Upload:
             self._threads = None
 
 
+def _md5_etags(answer: Mapping[str, Any], storage: S3Storage) -> bool:
+    """Whether the object's ETag is MD5-based (so ours can be compared): not for SSE-KMS, whether asked
+    for (S3_SSE) or the bucket's default encryption, which the store's answer names."""
+    return storage.etags_are_md5 and answer.get("ServerSideEncryption") != "aws:kms"
+
+
 def _settled(fut: Future[None], timeout: float) -> bool:
     try:
         fut.exception(timeout=timeout)
@@ -450,22 +462,73 @@ class S3Download:
 class S3Storage:
     """:class:`pgbkp.storage.Storage` on one S3 endpoint."""
 
-    def __init__(self, settings: S3Settings, *, abort_timeout: float = 60.0) -> None:
+    def __init__(self, settings: S3Settings, *, abort_timeout: float | None = None) -> None:
         """``abort_timeout``: how long cleanup after a failure (aborting an upload, also while parts are
         still in flight) keeps retrying before it gives up and says what is left."""
         self.settings = settings
         self.client = make_client(settings)
-        self.abort_timeout = abort_timeout
+        self.abort_timeout = CLEANUP_SECONDS if abort_timeout is None else abort_timeout
         self._batch_delete = True  # cleared the first time the store rejects DeleteObjects
+        self._lock_enabled: dict[str, bool | None] = {}  # bucket -> object_lock_enabled(), asked once
 
     @property
     def etags_are_md5(self) -> bool:
         """S3 ETags are MD5-based except for SSE-KMS (and SSE-C) objects."""
-        return getattr(self.settings, "sse", None) != "aws:kms"
+        return self.settings.sse != "aws:kms"  # also per answer: _md5_etags
 
-    def create_args(self, metadata: Mapping[str, str]) -> dict[str, Any]:
-        """What every new object is created with: metadata, content type, and the storage settings."""
-        return {"Metadata": dict(metadata), "ContentType": "application/zip"}
+    def create_args(self, metadata: Mapping[str, str], retain_until: datetime | None) -> dict[str, Any]:
+        """What every new object is created with: metadata, content type, and the storage settings
+        (storage class, server-side encryption, Object Lock). PutObject and CreateMultipartUpload both
+        take these, so a backup is stored, encrypted and locked in the one write that lands it."""
+        args: dict[str, Any] = {"Metadata": dict(metadata), "ContentType": "application/zip"}
+        s = self.settings
+        if s.storage_class:
+            args["StorageClass"] = s.storage_class
+        if s.sse:
+            args["ServerSideEncryption"] = s.sse
+        if s.sse_kms_key_id:
+            args["SSEKMSKeyId"] = s.sse_kms_key_id
+        if s.object_lock_mode and retain_until is not None:
+            args["ObjectLockMode"] = s.object_lock_mode
+            args["ObjectLockRetainUntilDate"] = retain_until
+        return args
+
+    def object_lock_enabled(self, bucket: str) -> bool | None:
+        """GetObjectLockConfiguration, once per bucket for the life of this storage (one run). None when
+        the store will not say: access denied (retention then just tries its deletes) or not implemented."""
+        if bucket in self._lock_enabled:
+            return self._lock_enabled[bucket]
+        enabled: bool | None
+        try:
+            conf = self.client.get_object_lock_configuration(Bucket=bucket).get("ObjectLockConfiguration", {})
+            enabled = conf.get("ObjectLockEnabled") == "Enabled"
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) == "ObjectLockConfigurationNotFoundError":
+                enabled = False
+            else:
+                # INFO, not WARNING: a deployment without Object Lock has no reason to grant the permission.
+                enabled = None
+                log.info("s3://%s: cannot tell whether the bucket has Object Lock (%s); retention deletes without "
+                         "checking for locks. Fix: allow s3:GetBucketObjectLockConfiguration on it", bucket,
+                         _describe(exc))
+        except botocore.exceptions.BotoCoreError as exc:
+            log.warning("s3://%s: cannot tell whether the bucket has Object Lock (%s); retention deletes without "
+                        "checking for locks", bucket, _describe(exc))
+            return None  # not kept: the next database's retention asks again
+        self._lock_enabled[bucket] = enabled
+        return enabled
+
+    def extend_lock(self, bucket: str, key: str, mode: str, until: datetime) -> None:
+        """PutObjectRetention on the object's current version. S3 refuses to shorten a COMPLIANCE lock
+        (and a GOVERNANCE one without the bypass permission), so callers compare with head() first."""
+        try:
+            self.client.put_object_retention(Bucket=bucket, Key=key,
+                                             Retention={"Mode": mode, "RetainUntilDate": until})
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            err = _error("extend lock", bucket, key, exc)
+            if isinstance(exc, botocore.exceptions.ClientError) and _code(exc) in ("AccessDenied", "403"):
+                err = StorageError(f"{err}. Fix: allow s3:PutObjectRetention on the bucket")
+            raise err from None
 
     def check_bucket(self, bucket: str) -> None:
         try:
@@ -500,18 +563,20 @@ class S3Storage:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise _error("head", bucket, key, exc) from None
         return ObjectInfo(bucket, key, int(r["ContentLength"]), r.get("LastModified"), r.get("Metadata", {}),
-                          r.get("ETag"))
+                          r.get("ETag"), lock_mode=r.get("ObjectLockMode"),
+                          lock_until=r.get("ObjectLockRetainUntilDate"),
+                          legal_hold=r.get("ObjectLockLegalHoldStatus") == "ON")
 
     def upload(self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None,
                on_progress: Callable[[int], None] | None = None,
-               should_stop: Callable[[], bool] = lambda: False) -> S3Upload:
+               should_stop: Callable[[], bool] = lambda: False, retain_until: datetime | None = None) -> S3Upload:
         """A new object under ``key``; ObjectExistsError at once if the key already holds one (the
         commit checks again with If-None-Match, for a writer that comes in between)."""
         if self.retrying("head", bucket, key, lambda: self.client.head_object(Bucket=bucket, Key=key),
                          missing_ok=True, attempts_only=True) is not None:
             raise ObjectExistsError(f"upload s3://{bucket}/{key}: a backup already exists under this key (made "
                                     "in the same minute by another run?); it was kept and nothing was written")
-        return S3Upload(self, bucket, key, metadata or {}, on_progress, should_stop)
+        return S3Upload(self, bucket, key, metadata or {}, on_progress, should_stop, retain_until)
 
     def download(self, bucket: str, key: str) -> S3Download:
         try:
