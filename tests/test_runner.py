@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import subprocess
-import time
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -22,8 +22,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from pgbkp import config, health, pipeline, runner, schedule
-from tests.helpers import PGBKP, all_keys, make_bucket, pending_uploads, s3_client
+from tests.helpers import PGBKP, all_keys, make_bucket, pending_uploads
+from tests.s3proxy import Gate, S3Proxy
 from tests.servers import PgCluster, S3Server
+from tests.slowhttp import dribbling
 
 SP = ZoneInfo("America/Sao_Paulo")
 
@@ -82,11 +84,16 @@ def real_backup_env(pg: PgCluster, s3: S3Server, bucket: str, db: str) -> dict[s
 
 def timed(backup: runner.BackupFn, clock: FakeClock, durations: list[float], calls: list[datetime],
           then: Callable[[], None]) -> runner.BackupFn:
-    """The real backup, plus fake time passing; ``then`` runs after the last planned call."""
+    """The real backup at the first call, plus fake time passing; ``then`` runs after the last planned call.
+
+    Later calls repeat the first outcome: object names carry the real minute, and a second backup under
+    the same name is refused, so only one real backup fits in a test that runs within a minute."""
+    first: list[runner.Outcome] = []
 
     def run(should_stop: Callable[[], bool], observer: pipeline.Observer) -> runner.Outcome:
         calls.append(clock.now)
-        outcome = backup(should_stop, observer)
+        outcome = first[0] if first else backup(should_stop, observer)
+        first[:] = [outcome]
         clock.now += timedelta(seconds=durations[len(calls) - 1])
         if len(calls) == len(durations):
             then()
@@ -212,88 +219,237 @@ def big_db(pg: PgCluster) -> Iterator[str]:
     pg.drop_database(name)
 
 
-def serve(env: dict[str, str]) -> subprocess.Popen[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "S3_", "ZIP_", "RETENTION_"))}
-    full.update({"LOG_FILE": "off", "HEALTHCHECK_URL": "", "LOG_FORMAT": "json", **env})
-    return subprocess.Popen([PGBKP, "serve"], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class Served:
+    """`pgbkp serve` as a process, as docker-compose runs it. A thread reads its log (JSON lines) as they
+    come, so a test can act once a given line has appeared: signals are sent at known points."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        full = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "S3_", "ZIP_", "RETENTION_"))}
+        full.update({"LOG_FILE": "off", "HEALTHCHECK_URL": "", "LOG_FORMAT": "json", **env})
+        self.proc = subprocess.Popen([PGBKP, "serve"], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._eof = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    @property
+    def said(self) -> list[str]:
+        """The log's messages (JSON lines), in order."""
+        with self._cond:
+            return [json.loads(line)["message"] for line in self.lines if line.startswith("{")]
+
+    def wait_line(self, prefix: str) -> str:
+        """Wait until a log message starts with ``prefix``; fail if the process exits first."""
+
+        def found() -> str | None:
+            return next((m for m in self.said if m.startswith(prefix)), None)
+
+        with self._cond:
+            self._cond.wait_for(lambda: found() is not None or self._eof, timeout=120)
+        message = found()
+        if message is None:
+            self.kill()
+            pytest.fail(f"pgbkp serve never logged {prefix!r} (exit {self.proc.poll()}):\n"
+                        + "\n".join(self.lines[-30:]))
+        return message
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def finish(self) -> int:
+        """Wait for the exit (a hang guard, not a time limit), then for the whole log."""
+        try:
+            code = self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail("pgbkp serve did not exit:\n" + "\n".join(self.lines[-30:]))
+        self._reader.join(timeout=60)
+        assert self.proc.stdout is not None
+        self.stdout = self.proc.stdout.read()
+        self.proc.stdout.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> Served:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
 
 
-def wait_for(what: str, check: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            pytest.fail(f"pgbkp serve exited ({proc.returncode}) before {what}:\n{err[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
+def big_upload_env(pg: PgCluster, s3: S3Server, proxy: S3Proxy, bucket: str, db: str, grace: str,
+                   status_file: Path) -> dict[str, str]:
+    """A multipart upload (5 MB parts) through ``proxy``, where a test can hold its parts."""
+    return {**real_backup_env(pg, s3, bucket, db), "S3_ENDPOINT": proxy.endpoint, "S3_PART_SIZE_MB": "5",
+            "COMPRESSION_THREADS": "1", "ZIP_COMPRESSION_LEVEL": "1", "SHUTDOWN_GRACE_SECONDS": grace,
+            "HEALTH_FILE": str(status_file)}
 
 
-def signal_during_upload(pg: PgCluster, s3: S3Server, db: str, tmp_path: Path, grace: str,
-                         ) -> tuple[str, subprocess.CompletedProcess[str], float]:
+@pytest.fixture
+def proxy(s3: S3Server) -> Iterator[S3Proxy]:
+    with S3Proxy(s3.endpoint) as p:
+        yield p
+
+
+def parts_held(proxy: S3Proxy) -> Gate:
+    """Hold every part at the proxy: once one arrives, the database is mid-upload, and stays so."""
+    return proxy.hold(lambda r: r.operation == "UploadPart")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_during_an_upload_aborts_it_cleanly(pg: PgCluster, s3: S3Server, proxy: S3Proxy, big_db: str,
+                                                          tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGHUP (a closed terminal, a reload) stops as SIGTERM does: it used to kill the process mid-upload."""
     bucket = make_bucket(s3)
-    status_file = tmp_path / "health.json"
-    proc = serve({**real_backup_env(pg, s3, bucket, db), "S3_PART_SIZE_MB": "5", "COMPRESSION_THREADS": "1",
-                  "ZIP_COMPRESSION_LEVEL": "9", "SHUTDOWN_GRACE_SECONDS": grace, "HEALTH_FILE": str(status_file)})
-    wait_for("a multipart upload", lambda: bool(pending_uploads(s3, bucket)), proc)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    return bucket, done, time.monotonic() - sent
-
-
-def test_sigterm_during_an_upload_aborts_it_cleanly(pg: PgCluster, s3: S3Server, big_db: str,
-                                                    tmp_path: Path) -> None:
-    bucket, done, took = signal_during_upload(pg, s3, big_db, tmp_path, grace="0")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert took < 10
+    gate = parts_held(proxy)
+    with Served(big_upload_env(pg, s3, proxy, bucket, big_db, "0", tmp_path / "health.json")) as served:
+        gate.wait_arrived(120)
+        served.signal(sig)
+        served.wait_line("shutdown grace period (0s) is over: aborting the current upload")  # parts still held
+        gate.release()  # a part landing after the abort must not revive the upload either
+        assert served.finish() == 0, served.lines[-30:]
     assert pending_uploads(s3, bucket) == []
     assert all_keys(s3, bucket) == []  # no partial object either
-    log = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    said = [d["message"] for d in log]
-    assert "received SIGTERM: no new database will start; the current one has 0s to finish, then its upload " \
+    said = served.said
+    assert f"received {sig.name}: no new database will start; the current one has 0s to finish, then its upload " \
            "is aborted" in said
     assert "shutdown grace period (0s) is over: aborting the current upload" in said
-    assert any("stopped before the dump finished" in m for m in said)
-    assert "runner stopped" in said
+    assert any("stopped before the dump finished" in m or "stopped while parts were in flight" in m for m in said)
+    assert said[-1] == "runner stopped"
     status = health.read(tmp_path / "health.json")
     assert status.last_run is not None and status.last_run.status == "failed"
+    assert status.running_since is None
 
 
-def test_sigterm_with_grace_lets_the_upload_finish(pg: PgCluster, s3: S3Server, big_db: str,
+def test_sigterm_with_grace_lets_the_upload_finish(pg: PgCluster, s3: S3Server, proxy: S3Proxy, big_db: str,
                                                    tmp_path: Path) -> None:
-    bucket, done, _ = signal_during_upload(pg, s3, big_db, tmp_path, grace="60")
-    assert done.returncode == 0, done.stderr[-3000:]
+    bucket = make_bucket(s3)
+    gate = parts_held(proxy)
+    with Served(big_upload_env(pg, s3, proxy, bucket, big_db, "600", tmp_path / "health.json")) as served:
+        gate.wait_arrived(120)
+        served.signal(signal.SIGTERM)
+        served.wait_line("received SIGTERM: no new database will start; the current one has 600s to finish")
+        gate.release()  # the store answers again, within the grace period
+        assert served.finish() == 0, served.lines[-30:]
     assert pending_uploads(s3, bucket) == []
     [key] = all_keys(s3, bucket)
     assert key.startswith(f"main/{big_db}/")
-    head = s3_client(s3).head_object(Bucket=bucket, Key=key)
-    assert int(head["Metadata"]["raw-size"]) > 40_000_000
-    assert health.read(tmp_path / "health.json").last_run.status == "ok"  # type: ignore[union-attr]
+    last = health.read(tmp_path / "health.json").last_run
+    assert last is not None and last.status == "ok"
+    assert f"ok       main/{big_db} s3://{bucket}/{key} " in last.summary
 
 
-def test_sigterm_while_waiting_for_the_next_tick_exits_at_once(pg: PgCluster, s3: S3Server, small_db: str,
-                                                               tmp_path: Path) -> None:
+def test_a_second_signal_aborts_while_a_part_is_stuck(pg: PgCluster, s3: S3Server, proxy: S3Proxy, big_db: str,
+                                                      tmp_path: Path) -> None:
+    """The store holds every part; the first signal leaves the long grace period running, the second one
+    (a SIGHUP here) ends it: the upload is aborted while its parts are still in flight, and serve exits."""
     bucket = make_bucket(s3)
     status_file = tmp_path / "health.json"
-    proc = serve({**real_backup_env(pg, s3, bucket, small_db), "CRON_SCHEDULE": "@yearly",
-                  "HEALTH_FILE": str(status_file)})
-    wait_for("the next run time", lambda: status_file.exists() and health.read(status_file).next_run_at is not None,
-             proc)
-    assert health.read(status_file).last_run.status == "ok"  # type: ignore[union-attr]
-    checked = subprocess.run([PGBKP, "health"], env={**os.environ, "HEALTH_FILE": str(status_file),
-                                                     **real_backup_env(pg, s3, bucket, small_db)},
-                             capture_output=True, text=True, check=False)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert checked.stdout.startswith("healthy: last success ")
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert time.monotonic() - sent < 5
-    assert proc.returncode == 0, err[-2000:]
-    assert "received SIGINT: exiting (no backup in progress)" in err
+    gate = parts_held(proxy)
+    with Served(big_upload_env(pg, s3, proxy, bucket, big_db, "600", status_file)) as served:
+        gate.wait_arrived(120)
+        served.signal(signal.SIGTERM)
+        served.wait_line("received SIGTERM: no new database will start; the current one has 600s to finish")
+        served.signal(signal.SIGHUP)
+        served.wait_line("shutdown grace period (0s) is over: aborting the current upload")  # parts still held
+        gate.release()
+        assert served.finish() == 0, served.lines[-30:]
+    assert pending_uploads(s3, bucket) == []
+    assert all_keys(s3, bucket) == []
+    said = served.said
+    assert "received SIGHUP again: aborting the current database now" in said
+    assert "shutdown grace period (0s) is over: aborting the current upload" in said
+    assert said[-1] == "runner stopped"
+    last = health.read(status_file).last_run
+    assert last is not None and last.status == "failed"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_while_waiting_for_the_next_tick_exits(pg: PgCluster, s3: S3Server, small_db: str,
+                                                             tmp_path: Path, sig: signal.Signals) -> None:
+    bucket = make_bucket(s3)
+    status_file = tmp_path / "health.json"
+    with Served({**real_backup_env(pg, s3, bucket, small_db), "CRON_SCHEDULE": "@yearly",
+                 "HEALTH_FILE": str(status_file)}) as served:
+        served.wait_line("next run at ")
+        assert health.read(status_file).last_run.status == "ok"  # type: ignore[union-attr]
+        checked = subprocess.run([PGBKP, "health"], env={**os.environ, "HEALTH_FILE": str(status_file),
+                                                         **real_backup_env(pg, s3, bucket, small_db)},
+                                 capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert checked.stdout.startswith("healthy: last success ")
+        served.signal(sig)
+        assert served.finish() == 0, served.lines[-30:]
+    assert served.said[-2:] == [f"received {sig.name}: exiting (no backup in progress)", "runner stopped"]
+
+
+def test_a_slow_health_endpoint_never_blocks_serve(pg: PgCluster, s3: S3Server, small_db: str,
+                                                   tmp_path: Path) -> None:
+    """The endpoint answers a header, then nothing: the run starts and ends all the same, `pgbkp health`
+    says so, and SIGTERM ends serve. It used to wait for the start ping for ever."""
+    bucket = make_bucket(s3)
+    status_file = tmp_path / "health.json"
+    with dribbling() as slow:
+        env = {**real_backup_env(pg, s3, bucket, small_db), "CRON_SCHEDULE": "@yearly",
+               "HEALTH_FILE": str(status_file), "HEALTHCHECK_URL": slow.url}
+        with Served(env) as served:
+            assert slow.arrived.wait(120)  # the start ping is in flight, its answer stalled after the headers
+            served.wait_line("next run at ")  # the run is over and the status written: the ping is still stuck
+            assert slow.answered == 0
+            status = health.read(status_file)
+            assert status.last_run is not None and status.last_run.status == "ok"
+            assert status.running_since is None
+            checked = subprocess.run([PGBKP, "health", "--file", str(status_file)], capture_output=True, text=True,
+                                     check=False)
+            assert checked.returncode == 0 and checked.stdout.startswith("healthy: last success "), checked
+            served.signal(signal.SIGTERM)
+            assert served.finish() == 0, served.lines[-30:]
+        assert slow.answered == 0  # serve exited without ever getting an answer
+    assert all_keys(s3, bucket)
+    said = served.said
+    assert "received SIGTERM: exiting (no backup in progress)" in said
+    assert said[-1] == "runner stopped"
+    token = slow.url.rsplit("/", 1)[1]
+    assert token not in "\n".join(served.lines) + served.stdout  # the URL's token is a secret
+
+
+def test_ticks_skipped_during_the_first_run_are_logged(tmp_path: Path, messages: list[str]) -> None:
+    clock = FakeClock(datetime(2025, 5, 14, 10, 0, 30, tzinfo=SP))
+    holder: dict[str, runner.Runner] = {}
+    calls: list[datetime] = []
+
+    def backup(should_stop: Callable[[], bool], observer: pipeline.Observer) -> runner.Outcome:
+        calls.append(clock.now)
+        if len(calls) == 1:
+            clock.now += timedelta(seconds=150)  # the first run, at start, takes 2.5 min
+        else:
+            holder["r"].request_stop("test over")
+        return runner.Outcome(0, "ok")
+
+    r = runner.Runner(backup=backup, schedule=schedule.parse("* * * * *", SP), clock=clock, sleep=clock.sleep,
+                      health_file=tmp_path / "h.json")
+    holder["r"] = r
+    assert r.serve() == 0
+    assert [t.strftime("%H:%M:%S") for t in calls] == ["10:00:30", "10:04:00"]
+    assert [m for m in messages if m.startswith("skipped")] == [
+        "skipped 3 scheduled run(s) at 2025-05-14T10:01:00-03:00, 2025-05-14T10:02:00-03:00, "
+        "2025-05-14T10:03:00-03:00: the run started at 2025-05-14T10:00:30-03:00 was still going"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,17 +460,23 @@ def test_bad_settings_stop_serve_before_any_backup(tmp_path: Path) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "S3_", "CRON", "LOG_"))}
     base.update({"PG_URLS": "postgres://u@127.0.0.1:1/postgres", "S3_BUCKET": "bkt", "LOG_FILE": "off",
                  "HEALTH_FILE": str(tmp_path / "h.json")})
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # a device would do as well; a FIFO needs no privilege to make
     for extra, says in [
         ({"CRON_SCHEDULE": "0 3 * *"}, "CRON_SCHEDULE: '0 3 * *' has 4 fields, not 5. Fix: "),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT: 'xml' is not a format"),
         ({"HEALTHCHECK_URL": "hc-ping.com/abc"}, "HEALTHCHECK_URL: not an http(s) URL"),
         ({"LOG_FILE": "/proc/pgbkp/pg-backup.log"}, "LOG_FILE: cannot write '/proc/pgbkp/pg-backup.log'"),
+        ({"HEALTH_FILE": str(fifo)}, f"pgbkp: configuration error: HEALTH_FILE: {str(fifo)!r} is a FIFO, not a "
+                                     "regular file, and each status write replaces it. Fix: point HEALTH_FILE at a "
+                                     "new path or a regular file, e.g. /tmp/pgbkp-health.json.\n"),
     ]:
         out = subprocess.run([PGBKP, "serve"], env={**base, **extra}, capture_output=True, text=True, timeout=60,
                              check=False)
         assert out.returncode == 2, (extra, out.stderr)
         assert says in out.stderr, (extra, out.stderr)
         assert not (tmp_path / "h.json").exists()  # nothing ran
+    assert fifo.is_fifo()
 
 
 @pytest.mark.parametrize(("extra", "says"), [

@@ -5,8 +5,13 @@ cron containers): this is one long-lived process that keeps its own. Each run go
 handler core as the Lambda function, with the fan-out event ``{}``, so connections run one after another
 in-process. Runs never overlap: a tick that comes while a run is still going is skipped and logged.
 
-On SIGTERM or SIGINT no new database starts; the one in flight gets SHUTDOWN_GRACE_SECONDS to finish,
-after which its upload is aborted (no multipart upload is left behind) and the process exits.
+On SIGTERM, SIGINT or SIGHUP no new database starts; the one in flight gets SHUTDOWN_GRACE_SECONDS to
+finish, after which its upload is aborted (no multipart upload is left behind) and the process exits. A
+second signal ends the grace period at once. Signal handlers take no lock (see :class:`health.Alarm`):
+they set flags that ``should_stop`` reads, and their log lines are written by a thread of their own.
+
+Health pings are sent in the background with a total deadline (:class:`health.Pinger`): a slow or dead
+endpoint never delays a run, and delays the exit by at most ``health.EXIT_PING_WAIT`` seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -34,6 +40,8 @@ log = logging.getLogger("pgbkp.runner")
 DEFAULT_GRACE_SECONDS = 30
 #: The longest single sleep: wall-clock jumps (host suspend, NTP) are noticed within this many seconds.
 MAX_NAP = 60.0
+#: Signals that mean "stop": docker stop, Ctrl-C, and a closed terminal or a reload request.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -114,6 +122,7 @@ class Runner:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], Any] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        ping_wait: float | None = None,
     ) -> None:
         self.schedule = schedule
         self.grace = grace
@@ -123,11 +132,16 @@ class Runner:
         self._pinger = pinger or health.Pinger(None)
         self._health_file = health_file
         self._clock = clock
-        self._stop = threading.Event()
+        self._stop = health.Alarm()  # the first stop request
+        self._hurry = health.Alarm()  # a later one: stop waiting for anything
         self._sleep = sleep or self._stop.wait  # a stop request ends the sleep at once
         self._monotonic = monotonic
+        self._ping_wait = health.EXIT_PING_WAIT if ping_wait is None else ping_wait
         self._stop_at: float | None = None
         self._aborting = False
+        self._abort_lock = threading.Lock()
+        self._notes: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._reporter: threading.Thread | None = None
         zone = self.schedule.timezone.key if self.schedule else timezone
         self.status = health.Status(started_at=_iso(self._local(clock())), timezone=zone,
                                     schedule=self.schedule.expression if self.schedule else None)
@@ -142,22 +156,27 @@ class Runner:
         return self._stop.is_set()
 
     def request_stop(self, reason: str = "stop requested") -> None:
-        """First request: no new database; the current one has ``grace`` seconds. Second: abort now."""
+        """First request: no new database; the current one has ``grace`` seconds. Second: abort now, and
+        do not wait for the health pings at exit either.
+
+        Called from signal handlers, so it takes no lock and does not log itself (see :meth:`_say`)."""
         if self._stop.is_set():
-            if self.grace:
-                log.warning("%s again: aborting the current database now", reason)
+            self._hurry.set()
+            if self.grace and self.in_flight:
+                self._say(f"{reason} again: aborting the current database now")
             self.grace = 0
             return
         self._stop_at = self._monotonic()
         self._stop.set()
         if self.in_flight:
-            log.warning("%s: no new database will start; the current one has %ss to finish, then its upload "
-                        "is aborted", reason, f"{self.grace:g}")
+            self._say(f"{reason}: no new database will start; the current one has {self.grace:g}s to finish, "
+                      "then its upload is aborted")
         else:
-            log.warning("%s: exiting (no backup in progress)", reason)
+            self._say(f"{reason}: exiting (no backup in progress)")
 
     def should_stop(self) -> bool:
-        """Asked by the pipeline before each database and for every chunk of a dump."""
+        """Asked by the pipeline before each database, for every chunk of a dump, and while an upload
+        waits: the grace period's end needs no timer, it is noticed on the next question."""
         if not self._stop.is_set():
             return False
         if not self.in_flight:
@@ -165,10 +184,36 @@ class Runner:
         assert self._stop_at is not None
         if self._monotonic() - self._stop_at < self.grace:
             return False
-        if not self._aborting:
-            self._aborting = True
-            log.warning("shutdown grace period (%ss) is over: aborting the current upload", f"{self.grace:g}")
+        with self._abort_lock:  # asked from upload threads too: say it once
+            first, self._aborting = not self._aborting, True
+        if first:
+            self._say(f"shutdown grace period ({self.grace:g}s) is over: aborting the current upload")
         return True
+
+    def _say(self, message: str) -> None:
+        """A warning about stopping. Once signal handlers are installed, a thread writes it: a handler that
+        logged could wait for ever on a lock its own interrupted thread holds (the log handler's, the
+        redactor's)."""
+        if self._reporter is not None:
+            self._notes.put(message)
+        else:
+            log.warning("%s", message)
+
+    def _report(self) -> None:
+        while (message := self._notes.get()) is not None:
+            log.warning("%s", message)
+
+    def handle_signals(self, signals: Sequence[signal.Signals] = STOP_SIGNALS) -> None:
+        """Install the stop handlers (main thread only)."""
+        if self._reporter is None:
+            self._reporter = threading.Thread(target=self._report, name="pgbkp-stop-notes", daemon=True)
+            self._reporter.start()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            self.request_stop(f"received {signal.Signals(signum).name}")
+
+        for sig in signals:
+            signal.signal(sig, on_signal)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -205,22 +250,34 @@ class Runner:
 
     def serve(self) -> int:
         """Run now, then on every tick until asked to stop. CRON_ENABLED=false: run once, return its code."""
+        now = self._clock()
         outcome = self.run_once()
         if self.schedule is None:
+            self._finish()
             return outcome.code
-        nxt = self._next(self._clock())
-        while not self.stopping:
-            now = self._clock()
-            if now < nxt:
-                self._sleep(min((nxt - now).total_seconds(), MAX_NAP))
-                continue
-            self.run_once()
+        while True:
             end = self._clock()
             self._log_skipped(now, end)
-            if not self.stopping:
-                nxt = self._next(end)
+            if self.stopping:
+                break
+            nxt = self._next(end)
+            while not self.stopping and (now := self._clock()) < nxt:
+                self._sleep(min((nxt - now).total_seconds(), MAX_NAP))
+            if self.stopping:
+                break
+            self.run_once()
+        self._finish()
         log.info("runner stopped")
         return EXIT_OK
+
+    def _finish(self) -> None:
+        """Give the last pings a few seconds (none after a second stop request), and write out the notes
+        about stopping before the last line."""
+        self._pinger.flush(0 if self._hurry.is_set() else self._ping_wait, self._hurry)
+        reporter = self._reporter
+        if reporter is not None:
+            self._notes.put(None)
+            reporter.join(timeout=5)
 
     def _next(self, now: datetime) -> datetime:
         assert self.schedule is not None
@@ -246,6 +303,8 @@ class Runner:
             return
         try:
             health.write(self._health_file, self.status)
+        except ConfigError as exc:  # HEALTH_FILE became a device, a FIFO, a directory since the start
+            log.warning("cannot write the health status file: %s", exc)
         except OSError as exc:
             log.warning("cannot write the health status file %s: %s", self._health_file, exc)
 
@@ -264,6 +323,14 @@ def _settings(env: Mapping[str, str]) -> tuple[bool, float, str | None]:
     return cron, grace, fmt
 
 
+def _health_file(env: Mapping[str, str], *, check: bool = False) -> str:
+    """HEALTH_FILE, else the per-user default; ``check``: refuse what a write would replace wrongly."""
+    path = env.get("HEALTH_FILE", "").strip() or health.default_file()
+    if check:
+        health.check_path(path)
+    return path
+
+
 def make_runner(config: Config, backup: BackupFn | None = None, **kwargs: Any) -> Runner:
     """A runner configured from the environment the configuration was read from."""
     env = config.env
@@ -275,7 +342,7 @@ def make_runner(config: Config, backup: BackupFn | None = None, **kwargs: Any) -
         timezone=config.timezone.key,
         observer=kwargs.pop("observer", None) or progress.make_observer(),
         pinger=health.Pinger(env.get("HEALTHCHECK_URL")),
-        health_file=env.get("HEALTH_FILE", "").strip() or health.DEFAULT_HEALTH_FILE,
+        health_file=_health_file(env, check=True),
         grace=grace,
         **kwargs,
     )
@@ -291,8 +358,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
             raise ConfigError(f"LOG_FILE: cannot write {str(log_file)!r} ({exc.strerror}). Fix: point it at a "
                               "writable file, mount a volume there, or set LOG_FILE=off.") from None
     runner = make_runner(config)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: runner.request_stop(f"received {signal.Signals(signum).name}"))
+    runner.handle_signals()
     when = (f"then on CRON_SCHEDULE={runner.schedule.expression!r} in {runner.schedule.timezone.key}"
             if runner.schedule else "once (CRON_ENABLED=false)")
     log.info("pgbkp serve: backing up now, %s; log file: %s", when, log_file or "none")
@@ -300,19 +366,32 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_health(config: Config | None, args: argparse.Namespace) -> int:
-    """Needs no valid configuration: a health check must answer 0 or 1, never 2 (Docker reserves it)."""
+    """Needs no valid configuration: a health check must answer 0 or 1, never 2 (Docker reserves it), so
+    whatever the file holds, the answer is one line and 0 or 1."""
     env = config.env if config else os.environ
-    path = args.file or env.get("HEALTH_FILE", "").strip() or health.DEFAULT_HEALTH_FILE
+    path = args.file or _health_file(env)
+
+    def say(line: str) -> None:
+        print(health.printable(line))  # the file's text and the path may hold anything
+
     try:
         status = health.read(path)
     except FileNotFoundError:
-        print(f"unhealthy: no status file {path}: pgbkp serve has not started (or HEALTH_FILE differs)")
+        say(f"unhealthy: no status file {path}: pgbkp serve has not started (or HEALTH_FILE differs)")
         return EXIT_FAILED
-    except (OSError, ValueError, TypeError) as exc:
-        print(f"unhealthy: cannot read the status file {path}: {exc}")
+    except health.StatusFileError as exc:
+        say(f"unhealthy: cannot read the status file {path}: {exc}")
         return EXIT_FAILED
-    ok, why = health.evaluate(status, datetime.now(UTC))
-    print(f"{'healthy' if ok else 'unhealthy'}: {why}")
+    except (OSError, ValueError) as exc:  # ValueError: a path with a NUL byte
+        say(f"unhealthy: cannot read the status file {path}: {getattr(exc, 'strerror', None) or exc}. Fix: check "
+            "HEALTH_FILE (or --file) and that this user may read it.")
+        return EXIT_FAILED
+    try:
+        ok, why = health.evaluate(status, datetime.now(UTC))
+    except Exception as exc:  # read() checked every field; this is the last guard of the 0-or-1 promise
+        say(f"unhealthy: cannot evaluate the status file {path}: {redact(f'{type(exc).__name__}: {exc}')}")
+        return EXIT_FAILED
+    say(f"{'healthy' if ok else 'unhealthy'}: {why}")
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -320,7 +399,7 @@ def register(subparsers: Any) -> None:
     s = subparsers.add_parser(
         "serve", help="back up now, then on CRON_SCHEDULE (the docker-compose entry point)",
         description="Back up every connection now, then on CRON_SCHEDULE in TIMEZONE (default '0 3 * * *'), "
-        "until SIGTERM/SIGINT. CRON_ENABLED=false backs up once and exits with its code. Logs also go to "
+        "until SIGTERM/SIGINT/SIGHUP. CRON_ENABLED=false backs up once and exits with its code. Logs also go to "
         "LOG_FILE (default /var/log/pg-backup.log when writable); the status file HEALTH_FILE feeds "
         "`pgbkp health`; HEALTHCHECK_URL receives start/success/fail pings.")
     s.set_defaults(func=cmd_serve)
@@ -328,6 +407,6 @@ def register(subparsers: Any) -> None:
         "health", help="exit 0 if the runner is healthy, 1 if not (a Docker HEALTHCHECK)",
         description="Read the status file pgbkp serve writes. Unhealthy (exit 1) when the last run failed or "
         "no run succeeded within two schedule periods.")
-    h.add_argument("--file", metavar="PATH", help="status file (default: HEALTH_FILE or "
-                   f"{health.DEFAULT_HEALTH_FILE})")
+    h.add_argument("--file", metavar="PATH", help="status file (default: HEALTH_FILE, else "
+                   f"{health.default_file()})")
     h.set_defaults(func=cmd_health, needs_config=False)
