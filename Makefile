@@ -3,11 +3,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip --disable-pip-version-check --quiet
+# One venv, two stamps: what `pgbkp` needs to run (install), and the test and lint tools on top (dev).
+# Each is redone only when pyproject.toml changes, so a repeated `make test` does not reinstall.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps test test-slow lint layer build invoke deploy demo bench clean
+.PHONY: help install dev system-deps test test-slow lint layer build invoke deploy demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -15,24 +19,34 @@ help: ## list the targets
 system-deps: ## apt packages the tests and demo need (installed when root)
 	@bash .ci/system-deps.sh
 
-$(STAMP): pyproject.toml
+# Editable (-e), so the command runs the checked-out code: a `git pull` needs no reinstall unless
+# pyproject.toml changed, and `make dev` later adds its tools to the same venv without replacing the package.
+$(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
-	@touch $(STAMP)
+	$(PIP) install -e .
+	@touch $@
 
-install: $(STAMP) ## create .venv with the package, its `pgbkp` command and the dev tools
-	@echo "installed: $(VENV)/bin/pgbkp"
+$(DEV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -e '.[dev]'
+	@touch $@ $(RUNTIME_STAMP)
 
-test: system-deps install layer ## run the whole suite against real PostgreSQL, S3 and archive tools
+install: $(RUNTIME_STAMP) ## create .venv with the `pgbkp` command and only what it needs to run
+	@echo "installed: $(VENV)/bin/pgbkp (make dev adds the test and lint tools)"
+
+dev: $(DEV_STAMP) ## install, plus the test and lint tools (pytest, moto, ruff, mypy, import-linter)
+	@echo "installed: $(VENV)/bin/pgbkp and the test and lint tools"
+
+test: system-deps dev layer ## run the whole suite against real PostgreSQL, S3 and archive tools
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-slow: system-deps install layer ## the slow check kept out of `make test` (a ZIP64 member > 4 GiB)
+test-slow: system-deps dev layer ## the slow check kept out of `make test` (a ZIP64 member > 4 GiB)
 	$(VENV)/bin/pytest -q -m slow $(PYTEST_ARGS)
 
-lint: system-deps install ## ruff, mypy, and the deployment linters (sam validate --lint, cfn-lint, hadolint)
+lint: system-deps dev ## ruff, mypy, import contracts (.importlinter), deployment linters (sam, cfn-lint, hadolint)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy handler/pgbkp
+	$(VENV)/bin/lint-imports --no-logo --no-cache .importlinter
 	bash .ci/lint-infra.sh
 
 layer: ## build the PostgreSQL 18 client layer into layers/postgresql (bin/, lib/)
@@ -54,10 +68,10 @@ invoke: build ## sam local invoke BackupFunction, EVENT=events/connection-by-nam
 deploy: build ## sam deploy --guided (needs Docker and AWS credentials)
 	$(SAM) deploy --guided
 
-demo: system-deps install ## throwaway PostgreSQL + S3 server: back up, list, restore, show the result
+demo: system-deps dev ## throwaway PostgreSQL + S3 server: back up, list, restore, show the result
 	$(PY) -m tests.demo
 
-bench: system-deps install ## benchmark against pg_dump > /dev/null and the naive dump->zip->upload (BENCH_ARGS=...)
+bench: system-deps dev ## benchmark against pg_dump > /dev/null and the naive dump->zip->upload (BENCH_ARGS=...)
 	$(PY) tests/bench/bench_backup.py $(BENCH_ARGS)
 
 clean: ## remove the venvs, caches and built layer

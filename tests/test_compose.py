@@ -24,6 +24,8 @@ IMAGE_VARIABLES = {"POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"
 #: What pg-bkp reads that does not belong in a runner's .env: the Lambda edge and its secret lookups.
 LAMBDA_ONLY = {"AWS_LAMBDA_FUNCTION_NAME", "POWERTOOLS_SERVICE_NAME", "SECRETS_MAX_AGE_SECONDS"}
 LAMBDA_ONLY_PATTERNS = {r"[A-Z0-9_]+_SECRET_ID"}
+#: Locale variables taken out of psql's environment (so its messages can be recognised): not settings.
+CHILD_LOCALE = {"LC_ALL", "LANGUAGE"}
 
 
 def env_names_read_by_the_code() -> set[str]:
@@ -172,7 +174,7 @@ def test_env_example_documents_every_variable_and_only_those() -> None:
     documented = documented_names()
     unknown = sorted(n for n in documented if not is_read(n, read))
     assert unknown == [], f".env.example documents variables pg-bkp never reads: {unknown}"
-    runner_side = {p for p in read if p not in LAMBDA_ONLY and p not in LAMBDA_ONLY_PATTERNS}
+    runner_side = {p for p in read if p not in LAMBDA_ONLY | CHILD_LOCALE and p not in LAMBDA_ONLY_PATTERNS}
     missing = sorted(p for p in runner_side if not any(re.fullmatch(p, n) for n in documented))
     assert missing == [], f"variables pg-bkp reads that .env.example does not document: {missing}"
     assert {"RETENTION_DAYS", "RETENTION_WEEKS", "RETENTION_MONTHS"} <= documented

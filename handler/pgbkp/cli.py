@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,21 +88,32 @@ def print_summary(summary: Mapping[str, Any], out: Any = None, *, errors: bool =
 
 class _StopFlag:
     """SIGTERM, SIGINT and SIGHUP ask the run to stop: no new database starts, the dump in flight is
-    aborted (its upload too, leaving nothing behind), and the command exits 128 + the signal's number."""
+    aborted (its upload too, leaving nothing behind), and the command exits 128 + the signal's number.
+
+    The handler only raises a lock-free flag (health.Alarm): a handler that logged or set a
+    threading.Event could wait for ever on a lock its own interrupted thread holds. The warning is
+    written by the main thread the next time the pipeline asks whether to stop (it asks every chunk)."""
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        from pgbkp import health
+
+        self.alarm = health.Alarm()
         self.signum: int | None = None
+        self._said = False
 
     def is_set(self) -> bool:
-        return self._event.is_set()
+        if not self.alarm.is_set():
+            return False
+        if not self._said and self.signum is not None:
+            self._said = True
+            log.warning("received %s: aborting the backup in flight, starting no other",
+                        signal.Signals(self.signum).name)
+        return True
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.signum is None:
             self.signum = signum
-            log.warning("received %s: aborting the backup in flight, starting no other",
-                        signal.Signals(signum).name)
-        self._event.set()
+        self.alarm.set()
 
     @contextmanager
     def installed(self) -> Iterator[_StopFlag]:
@@ -159,6 +169,7 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     (log.info if code == EXIT_OK else log.error)("backup %s: %s", "done" if code == EXIT_OK else "failed",
                                                   body.splitlines()[0])
     (pinger.success if code == EXIT_OK else pinger.fail)(body)
+    pinger.flush(health.EXIT_PING_WAIT, stop.alarm)  # pings go out in the background, within a deadline
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
