@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from pgbkp import config as config_mod
-from pgbkp import pipeline, postgres, restore
-from tests.helpers import dump_sql, run_cli, s3_client
+from pgbkp import integrity, pipeline, postgres, restore
+from pgbkp.storage.memory import MemoryStorage
+from tests.helpers import ROOT, dump_sql, run_cli, s3_client
 from tests.servers import PgCluster, S3Server, free_port
 
 PASSWORD = "zíp pass/wörd %&|"
@@ -42,6 +46,16 @@ CREATE VIEW loud AS SELECT shout(txt) FROM "täble ☃";
 CREATE SCHEMA "odd schema";
 CREATE TABLE "odd schema"."odd;name" (x int);
 INSERT INTO "odd schema"."odd;name" VALUES (1), (2);
+CREATE TABLE "new
+line" ("first
+column" text, n int);
+INSERT INTO "new
+line" VALUES (NULL, 1), (E'\restrict abc', 2), (E'\\unrestrict x', 3);
+CREATE TABLE one_column (v text);
+INSERT INTO one_column VALUES ('BEGIN;'), ('COMMIT;'), (E'\restrict k'), (NULL);
+COMMENT ON TABLE one_column IS E'its dump has a line that starts with a backslash:\n\\! in a string';
+CREATE FUNCTION digits(t text) RETURNS boolean LANGUAGE sql AS $$ SELECT t ~ '
+\d+' $$;
 """
 
 
@@ -124,6 +138,14 @@ def test_round_trip_encrypted_with_create(pg: PgCluster, s3: S3Server, bucket: s
     assert PASSWORD not in out.stdout + out.stderr and pg.password not in out.stdout + out.stderr
     assert dump_sql(pg, target) == dump_sql(pg, hostile)
     assert pg.psql("SELECT shout('a') || (SELECT count(*) FROM measures)", target) == "A!366"
+    # COPY data that looks like psql commands or pg_dump's key lines is data: restored as it was (<CR>: \r)
+    assert pg.psql("SELECT string_agg(n || ':' || coalesce(replace(\"first\ncolumn\", chr(13), '<CR>'), 'NULL'), "
+                   "',' ORDER BY n) FROM \"new\nline\"", target) == "1:NULL,2:<CR>estrict abc,3:\\unrestrict x"
+    assert pg.psql("SELECT string_agg(coalesce(replace(v, chr(13), '<CR>'), 'NULL'), ',' ORDER BY v) FROM one_column",
+                   target) == "<CR>estrict k,BEGIN;,COMMIT;,NULL"
+    # lines that start with a backslash inside a string or a function body are not commands: psql judges
+    assert pg.psql("SELECT obj_description('one_column'::regclass) || digits(E'\\n42')::text", target) == (
+        "its dump has a line that starts with a backslash:\n\\! in a stringtrue")
 
 
 def test_round_trip_plain_into_existing_empty_database(pg: PgCluster, s3: S3Server, bucket: str, hostile: str,
@@ -136,7 +158,7 @@ def test_round_trip_plain_into_existing_empty_database(pg: PgCluster, s3: S3Serv
     cfg = config_mod.load(env)
     ref = restore.select_backup(cfg, PREFIX, hostile)
     result = restore.restore(cfg, PREFIX, ref, target_url(pg, target))
-    assert result.checks == ["ZIP CRC-32", "object SHA-256"]
+    assert result.checks == ["ZIP CRC-32", "object SHA-256 (integrity record)"]
     assert result.object_bytes == ref.size and result.sql_bytes > 2_000_000
     assert dump_sql(pg, target) == dump_sql(pg, hostile)
 
@@ -262,16 +284,23 @@ def test_flipped_byte_fails_and_target_is_untouched(pg: PgCluster, s3: S3Server,
     assert pg.psql("SELECT v FROM marker", target) == "7"
 
 
-def test_changed_sha256_metadata_is_caught_at_the_end(pg: PgCluster, s3: S3Server, small_backup: tuple,
-                                                       databases: list[str]) -> None:
-    """All SQL has run and the ZIP checks pass: only the object hash is wrong, and nothing commits."""
+def test_a_record_that_lies_is_caught_at_the_end(pg: PgCluster, s3: S3Server, small_backup: tuple,
+                                                 databases: list[str]) -> None:
+    """All SQL has run and the ZIP checks pass: only the integrity record's hash is wrong (a well-formed
+    record, its own check recomputed), and nothing commits."""
     env, src, key = small_backup
     client = s3_client(s3)
     obj = client.get_object(Bucket=BUCKET, Key=key)
-    client.put_object(Bucket=BUCKET, Key=key, Body=obj["Body"].read(), Metadata={**obj["Metadata"], "sha256": "0" * 64})
+    body = obj["Body"].read()
+    at = body.rindex(integrity.MAGIC)
+    record = integrity.parse(body[at:])
+    lie = replace(record, sha256="0" * 64).encode()
+    assert len(lie) == len(body) - at
+    client.put_object(Bucket=BUCKET, Key=key, Body=body[:at] + lie, Metadata=obj["Metadata"])
     target = _marked_target(pg, databases)
     cfg = config_mod.load(env)
-    with pytest.raises(restore.IntegrityError, match=r"SHA-256 mismatch.*nothing was committed"):
+    with pytest.raises(restore.IntegrityError, match=r"SHA-256 mismatch.*integrity record says 0{64}.*nothing was "
+                       "committed"):
         restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, src), pg.url(target), force=True)
     assert user_objects(pg, target) == "public.marker"
 
@@ -314,6 +343,27 @@ def test_unreachable_target(s3: S3Server, pg: PgCluster, small_backup: tuple) ->
     cfg = config_mod.load(env)
     with pytest.raises(postgres.ConnectError, match="cannot reach the server"):
         restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, src), url, create=True)
+
+
+@pytest.mark.parametrize(("user", "password", "pgpassword", "failure", "fix"), [
+    ("postgres", "wrong-pw-4711", None, "password authentication failed",
+     "Fix: check the user and password in --target-url."),
+    ("postgres", None, "wrong-pw-4711", "password authentication failed",
+     "Fix: check the user in --target-url and the password in PGPASSWORD."),
+    ("nobody_4711", None, None, "no password was given",
+     "Fix: set PGPASSWORD to the password of user 'nobody_4711', or check the user in --target-url."),
+], ids=["url", "pgpassword", "none"])
+def test_target_login_failure_names_where_its_password_comes_from(
+        pg: PgCluster, s3: S3Server, small_backup: tuple, user: str, password: str | None, pgpassword: str | None,
+        failure: str, fix: str) -> None:
+    """The target's password is not in PG_URLS (unless it is the connection's own server and user)."""
+    env, src, _key = small_backup
+    login = f"{user}:{password}" if password else user
+    out = cli({**env, **({"PGPASSWORD": pgpassword} if pgpassword else {})}, "restore", "-d", src,
+              "--target-url", f"postgresql://{login}@127.0.0.1:{pg.port}/somewhere")
+    assert out.returncode == 1
+    assert errors(out) == [f"inspect database 'somewhere' on {user}@127.0.0.1:{pg.port}/somewhere: {failure} for "
+                           f"user {user!r}. {fix}"]
 
 
 def test_target_url_must_name_a_database(s3: S3Server, pg: PgCluster, small_backup: tuple) -> None:
@@ -385,22 +435,27 @@ def test_restrict_support_by_version(version: tuple[int, int], ok: bool) -> None
     assert restore.restrict_supported(version) is ok
 
 
-def test_old_psql_is_refused_before_anything_is_sent(pg: PgCluster, s3: S3Server, small_backup: tuple,
-                                                     databases: list[str], tmp_path: Path) -> None:
-    env, src, _key = small_backup
-    real = postgres.tool("psql")
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "pg_dump").symlink_to(postgres.tool("pg_dump"))
+def test_old_psql_is_refused_before_anything_is_sent(pg: PgCluster, s3: S3Server, bucket: str,
+                                                     planted_source: str, databases: list[str],
+                                                     tmp_path: Path) -> None:
+    """A psql without \\restrict cannot be kept from running a command hidden in a backup, so it is refused
+    even for a dump from a pg_dump older than August 2025, which has no \\restrict line of its own."""
+    fake, _ = planting_bindir(tmp_path, "", keys=False)
+    (fake / "psql").unlink()
     (fake / "psql").write_text(
         f'#!/bin/sh\nif [ "$1" = --version ]; then echo "psql (PostgreSQL) 15.13"; exit 0; fi\n'
-        f'exec {real} "$@"\n')
+        f'exec {postgres.tool("psql")} "$@"\n')
     (fake / "psql").chmod(0o755)
+    env = {**make_env(pg, s3), "PG_BIN_DIR": str(fake)}
+    key = run_backup(env, planted_source).key
     target = unique("dst_oldpsql")
     databases.append(target)
-    out = cli({**env, "PG_BIN_DIR": str(fake)}, "restore", "-d", src, "--target-url", pg.url(target), "--create")
+    out = cli(env, "restore", "-d", planted_source, "--target-url", pg.url(target), "--create")
     assert out.returncode == 1
-    assert "\\restrict" in out.stderr and "psql 15.13" in out.stderr and "PG_BIN_DIR" in out.stderr, out.stderr
+    assert errors(out) == [
+        f"restore s3://{BUCKET}/{key}: psql 15.13 ({fake}/psql) has no \\restrict, so nothing could stop it running "
+        "a psql command hidden in the backup (\\! runs a shell). Nothing was sent. Fix: set PG_BIN_DIR to the bin "
+        "folder of a newer PostgreSQL client (18, or 17.6+, 16.10+, 15.14+, 14.19+, 13.22+)."]
     assert target not in pg.databases()
 
 
@@ -412,12 +467,19 @@ def _download(s3: S3Server, key: str, path: Path) -> None:
     path.write_bytes(s3_client(s3).get_object(Bucket=BUCKET, Key=key)["Body"].read())
 
 
-def _psql_restore(pg: PgCluster, source_cmd: list[str], target: str) -> None:
-    producer = subprocess.Popen(source_cmd, stdout=subprocess.PIPE)
-    subprocess.run([str(pg.bindir / "psql"), "-X", "-q", "--single-transaction", "-v", "ON_ERROR_STOP=1",
-                    "-f", "-", "-d", target], stdin=producer.stdout, env=pg.env(), check=True,
-                   capture_output=True)
-    assert producer.wait() == 0
+def _guard() -> str:
+    """The ``guard`` shell function of docs/restore.md, exactly as written there."""
+    text = (ROOT / "docs" / "restore.md").read_text(encoding="utf-8")
+    return text[text.index("guard() {\n"):text.index("\n}\n", text.index("guard() {\n")) + 3]
+
+
+def _psql_restore(pg: PgCluster, source_cmd: list[str], target: str) -> subprocess.CompletedProcess[str]:
+    """``SOURCE | guard | psql ...`` as docs/restore.md writes it, in bash with pipefail."""
+    psql = [str(pg.bindir / "psql"), "-X", "-q", "--single-transaction", "-v", "ON_ERROR_STOP=1", "-f", "-", "-d",
+            target]
+    script = f"{_guard()}{shlex.join(source_cmd)} | guard | {shlex.join(psql)}"
+    return subprocess.run(["bash", "-o", "pipefail", "-c", script], env=pg.env(), capture_output=True, text=True,
+                          check=False)
 
 
 def test_manual_restore_recipes(pg: PgCluster, s3: S3Server, bucket: str, hostile: str, databases: list[str],
@@ -438,5 +500,321 @@ def test_manual_restore_recipes(pg: PgCluster, s3: S3Server, bucket: str, hostil
         target = unique(f"dst_manual_{name.replace('-', '_')}")
         databases.append(target)
         pg.create_database(target)
-        _psql_restore(pg, cmd, target)
+        done = _psql_restore(pg, cmd, target)
+        assert done.returncode == 0, (name, done.stderr)
         assert dump_sql(pg, target) == expected, name
+
+
+def test_manual_recipe_runs_no_hidden_command(pg: PgCluster, s3: S3Server, bucket: str, planted_source: str,
+                                              databases: list[str], tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    bindir, _ = planting_bindir(tmp_path, f"\\! touch {marker}", where="head")
+    env = {**make_env(pg, s3, password=None), "PG_BIN_DIR": str(bindir)}
+    plain = tmp_path / "plain.zip"
+    _download(s3, run_backup(env, planted_source).key, plain)
+    target = unique("dst_manual_planted")
+    databases.append(target)
+    pg.create_database(target)
+    done = _psql_restore(pg, ["unzip", "-p", str(plain)], target)
+    assert not marker.exists()
+    assert done.returncode == 3
+    assert done.stderr == "psql:<stdin>:2: error: backslash commands are restricted; only \\unrestrict is allowed\n"
+    assert user_objects(pg, target) == ""
+
+
+# -------------------------------------------------------------------------------------------------
+# Commands hidden in a backup (issue 10): psql runs none of them, the backup is refused, nothing commits
+
+PLANTED_SQL = "CREATE TABLE victim (id int); INSERT INTO victim SELECT generate_series(1, 1000)"
+_WRAPPER = """#!{python}
+import os, re, subprocess, sys
+real = {real!r}
+if sys.argv[1:] == ["--version"]:
+    os.execv(real, [real, "--version"])
+done = subprocess.run([real, *sys.argv[1:]], stdout=subprocess.PIPE, check=False)
+if done.returncode:
+    sys.exit(done.returncode)
+dump = done.stdout
+if not {keys!r}:  # as pg_dump wrote before August 2025
+    dump = re.sub(rb"^\\\\(un)?restrict \\w+\\n", b"", dump, flags=re.MULTILINE)
+where = {where!r}
+body = dump.rindex(b"\\n--\\n-- PostgreSQL database dump complete") + 1
+cut = 0 if where == "head" else len(dump) if where == "end" else body
+with open({line_file!r}, "w") as f:
+    f.write(str(dump[:cut].count(b"\\n") + 1))
+dump = dump[:cut] + {planted!r} + b"\\n" + dump[cut:]
+with open({line_file!r} + ".sql", "wb") as f:
+    f.write(dump)
+sys.stdout.buffer.write(dump)
+"""
+
+
+@pytest.fixture(scope="module")
+def planted_source(pg: PgCluster) -> Iterator[str]:
+    with pg.temporary_database(unique("src_planted"), PLANTED_SQL) as name:
+        yield name
+
+
+def planting_bindir(tmp_path: Path, planted: str, *, where: str = "body", keys: bool = True) -> tuple[Path, Path]:
+    """A PG_BIN_DIR whose pg_dump runs the real one and adds ``planted`` lines to its output: before
+    pg_dump's closing comment (``body``), before its first line (``head``, so before pg_dump's own
+    ``\\restrict``) or after its last (``end``, after its ``\\unrestrict``). The backup made from it by
+    the normal pipeline is genuine. Without ``keys``, it drops pg_dump's ``\\restrict`` / ``\\unrestrict`` lines.
+    Returns (bindir, file holding the number of the planted line; that file + ".sql" holds the dump)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "psql").symlink_to(postgres.tool("psql"))
+    line_file = tmp_path / "planted_line"
+    wrapper = bindir / "pg_dump"
+    wrapper.write_text(_WRAPPER.format(python=sys.executable, real=postgres.tool("pg_dump"), where=where, keys=keys,
+                                       line_file=str(line_file), planted=planted.encode()))
+    wrapper.chmod(0o755)
+    return bindir, line_file
+
+
+def errors(out: subprocess.CompletedProcess[str]) -> list[str]:
+    """The command's error lines (without the prefix); there is no traceback."""
+    assert "Traceback" not in out.stderr, out.stderr
+    return [ln.removeprefix("pgbkp: error: ") for ln in out.stderr.splitlines() if ln.startswith("pgbkp: error:")]
+
+
+def refused_line(backup_url: str, line: int, text: str, target: str, bucket: str = BUCKET) -> str:
+    return (f"restore {backup_url}: the backup contains a psql meta-command (line {line}: "
+            f"{restore.shown_line(text.encode())}); refused, nothing was committed to {target}. Fix: do not restore "
+            f"this backup; find out who could write to s3://{bucket}/, and restore an older one you trust "
+            "(pgbkp list; --at or --key).")
+
+
+#: id -> lines planted in the dump ({m}: a file that must never appear, {script}: a file \i could read).
+HIDDEN = {
+    "shell": r"\! touch {m}",
+    "shell-mid-line": r"SELECT 1; \! touch {m}",
+    "unrestrict-guessed": "\\unrestrict guessed\n\\! touch {m}",
+    "output-to-file": "\\o {m}\nSELECT 1;",
+    "client-copy": r"\copy (SELECT 1) TO '{m}'",
+    "set": "\\set ON_ERROR_STOP off\n\\! touch {m}",
+    "include": r"\i {script}",
+    "indented": "  \t\\! touch {m}",
+}
+
+
+@pytest.mark.parametrize("hidden", HIDDEN.values(), ids=HIDDEN.keys())
+def test_hidden_psql_command_is_refused_and_never_runs(pg: PgCluster, s3: S3Server, bucket: str,
+                                                       planted_source: str, databases: list[str],
+                                                       tmp_path: Path, hidden: str) -> None:
+    marker, script = tmp_path / "pwned", tmp_path / "evil.sql"
+    script.write_text(f"\\! touch {marker}\n")
+    planted = hidden.format(m=marker, script=script)
+    bindir, line_file = planting_bindir(tmp_path, planted)
+    env = {**make_env(pg, s3), "PG_BIN_DIR": str(bindir)}
+    key = run_backup(env, planted_source).key
+    target = _marked_target(pg, databases)
+    out = cli(env, "restore", "-d", planted_source, "--target-url", pg.url(target), "--force")
+    assert not marker.exists()
+    assert out.returncode == 1, out.stdout + out.stderr
+    expected = refused_line(f"s3://{BUCKET}/{key}", int(line_file.read_text()), planted.split("\n")[0],
+                            f"{pg.user}@127.0.0.1:{pg.port}/{target}")
+    assert errors(out) == [expected], out.stderr
+    assert user_objects(pg, target) == "public.marker"  # victim was created, then rolled back
+
+
+def refused_at(line_file: Path, shift: int = 0) -> tuple[int, str]:
+    """(number, text) of the line psql refuses: the planted one, or ``shift`` lines from it."""
+    number = int(line_file.read_text()) + shift
+    return number, Path(f"{line_file}.sql").read_bytes().split(b"\n")[number - 1].decode()
+
+
+@pytest.mark.parametrize("where", ["head", "end"])
+def test_command_outside_the_dumps_own_restrict(pg: PgCluster, s3: S3Server, bucket: str, planted_source: str,
+                                                databases: list[str], tmp_path: Path, where: str) -> None:
+    """Before pg_dump's ``\\restrict KEY`` or after its ``\\unrestrict KEY``, the dump's own key guards nothing.
+    After the end, pg_dump's closing line is no longer at its place: it goes to psql, which refuses it first."""
+    marker = tmp_path / "pwned"
+    bindir, line_file = planting_bindir(tmp_path, f"\\! touch {marker}", where=where)
+    env = {**make_env(pg, s3), "PG_BIN_DIR": str(bindir)}
+    key = run_backup(env, planted_source).key
+    target = unique("dst_appended")
+    databases.append(target)
+    out = cli(env, "restore", "-d", planted_source, "--target-url", pg.url(target), "--create")
+    assert not marker.exists()
+    assert out.returncode == 1
+    number, text = refused_at(line_file, -2 if where == "end" else 0)
+    assert text.startswith("\\unrestrict " if where == "end" else "\\! touch ")
+    target_shown = f"{pg.user}@127.0.0.1:{pg.port}/{target}"
+    assert errors(out) == [refused_line(f"s3://{BUCKET}/{key}", number, text, target_shown)]
+    assert target not in pg.databases()
+
+
+def test_psql_alone_refuses_a_backslash_command(pg: PgCluster, databases: list[str], tmp_path: Path) -> None:
+    """The session's own \\restrict is the guard, without the filter's scan: psql stops on the command."""
+    marker = tmp_path / "pwned"
+    target = unique("dst_session")
+    databases.append(target)
+    pg.create_database(target)
+    dest = config_mod.parse_url(pg.url(target), "test")
+    with postgres.RestoreSession(dest, target) as session:
+        session.write(f"CREATE TABLE t (i int);\n\\! touch {marker}\nSELECT 1;\n".encode())
+        with pytest.raises(postgres.RestrictedCommandError, match="refused the backslash command on line 2") as err:
+            session.commit()
+    assert err.value.line == 2
+    assert not marker.exists()
+    assert user_objects(pg, target) == ""
+
+
+def test_the_refused_line_is_found_deep_in_a_stream_of_small_chunks(pg: PgCluster, databases: list[str],
+                                                                     tmp_path: Path) -> None:
+    """psql refuses a line it read up to a pipe (1 MiB) earlier: the filter keeps enough to show it."""
+    marker = tmp_path / "pwned"
+    filler = b"-- " + b"x" * 97 + b"\n"
+    sql = b"CREATE TABLE t (i int);\n" + filler * 40_000 + f"SELECT 1; \\! touch {marker}\n".encode() + filler * 40_000
+    target = unique("dst_deep")
+    databases.append(target)
+    pg.create_database(target)
+    one = restore.DumpFilter()
+    with postgres.RestoreSession(config_mod.parse_url(pg.url(target), "test"), target) as session, \
+            pytest.raises(postgres.RestrictedCommandError) as err:
+        for i in range(0, len(sql), 4096):
+            session.write(one.feed(sql[i:i + 4096]))
+        session.write(one.flush())
+        session.commit()
+    assert err.value.line == 40_002
+    assert one.line_text(40_002) == f"SELECT 1; \\! touch {marker}".encode()
+    assert not marker.exists()
+
+
+# The filter on its own: what pg_dump writes passes (its key lines and the large-object BEGIN/COMMIT become
+# blank lines), COPY data is never touched, and anything else goes to psql, which judges it.
+
+GENUINE = (b"--\n-- PostgreSQL database dump\n--\n\n\\restrict AbC123\n\n"
+           b"SET statement_timeout = 0;\n"
+           b"--\n-- Data for Name: a b; Type: TABLE DATA; Schema: public; Owner: o\n--\n\n"
+           b'COPY public."a\nb" ("c\nd", e) FROM stdin;\n'
+           b"\\N\t1\n\\restrict x\t2\n\\\\! data\t3\n\\.\n\n"
+           b"--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: o\n--\n\n"
+           b"COPY public.t (v) FROM stdin;\nBEGIN;\nCOMMIT;\n\\restrict AbC123\n\\.\n\n"
+           b"--\n-- Data for Name: 16390; Type: BLOBS; Schema: -; Owner: o\n--\n\n"
+           b"BEGIN;\n\nSELECT pg_catalog.lo_open('16390', 131072);\nCOMMIT;\n\n"
+           b"--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict AbC123\n\n")
+
+
+def _filtered(data: bytes, size: int) -> bytes:
+    one = restore.DumpFilter()
+    return b"".join([one.feed(data[i:i + size]) for i in range(0, len(data), size)] + [one.flush()])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, len(GENUINE)])
+def test_filter_passes_pg_dump_output(size: int) -> None:
+    expected = (GENUINE.replace(b"\\restrict AbC123\n\nSET", b"\n\nSET")
+                .replace(b"BLOBS; Schema: -; Owner: o\n--\n\nBEGIN;\n", b"BLOBS; Schema: -; Owner: o\n--\n\n\n")
+                .replace(b"131072);\nCOMMIT;\n", b"131072);\n\n").replace(b"\\unrestrict AbC123\n", b"\n"))
+    assert expected.count(b"\n") == GENUINE.count(b"\n")
+    assert _filtered(GENUINE, size) == expected
+
+
+KEY_LINES = {  # id -> (dump, what psql gets): pg_dump's key lines go only at their places, all else passes
+    "only-at-their-places": (b"--\n\\restrict K1\nSELECT 1;\n\\unrestrict K1\n\n\n",
+                             b"--\n\nSELECT 1;\n\n\n\n"),
+    "command-before-the-key": (b"--\n\\! id\n\\restrict K1\nSELECT 1;\n", None),
+    "key-after-sql": (b"SELECT 1;\n\\restrict K1\n", None),
+    "second-restrict": (b"\\restrict K1\nSELECT 1;\n\\restrict K1\n", b"\nSELECT 1;\n\\restrict K1\n"),
+    "guessed-unrestrict": (b"\\restrict K1\n\\unrestrict K2\n", b"\n\\unrestrict K2\n"),
+    "restrict-with-crlf": (b"\\restrict K1\r\n", None),
+    "copy-ends-at-crlf": (b"\\restrict K1\nCOPY t FROM stdin;\n1\n\\.\r\n\\unrestrict K1\n",
+                          b"\nCOPY t FROM stdin;\n1\n\\.\r\n\n"),
+    "dot-x-is-data": (b"\\restrict K1\nCOPY t FROM stdin;\n\\.x\n\\unrestrict K1\n",
+                      b"\nCOPY t FROM stdin;\n\\.x\n\\unrestrict K1\n"),
+    "unterminated-copy": (b"\\restrict K1\nCOPY t (v) FROM stdin;\n\\! data\n\\unrestrict K1",
+                          b"\nCOPY t (v) FROM stdin;\n\\! data\n\\unrestrict K1\n"),
+}
+
+
+@pytest.mark.parametrize(("dump", "sent"), KEY_LINES.values(), ids=KEY_LINES.keys())
+@pytest.mark.parametrize("size", [1, 5, 1 << 20])
+def test_filter_drops_key_lines_only_at_their_places(dump: bytes, sent: bytes | None, size: int) -> None:
+    assert _filtered(dump, size) == (dump if sent is None else sent)
+
+
+@pytest.mark.parametrize("after", [b"SELECT 1;\n", b"  \\! id\n", b"x"], ids=["sql", "command", "no-newline"])
+@pytest.mark.parametrize("size", [1, 5, 1 << 20])
+def test_filter_refuses_anything_after_the_closing_line(after: bytes, size: int) -> None:
+    """pg_dump's ``\\unrestrict KEY`` is its last line: after it, the dump's own key would guard nothing."""
+    with pytest.raises(restore.MetaCommandError) as err:
+        _filtered(b"\\restrict K1\nSELECT 1;\n\\unrestrict K1\n\n \t\n" + after, size)
+    assert (err.value.line, err.value.text) == (3, b"\\unrestrict K1\n")
+
+
+def test_filter_shows_the_line_psql_names() -> None:
+    one = restore.DumpFilter()
+    one.feed(b"\\restrict K1\nSELECT 1;\n")
+    one.feed(b"COPY t FROM stdin;\n1\n\\.\nSELECT 2; \\! id\n")
+    assert [one.line_text(n) for n in (1, 2, 6, 7)] == [b"", b"SELECT 1;", b"SELECT 2; \\! id", None]
+
+
+def test_shown_line_escapes_and_cuts() -> None:
+    assert restore.shown_line(b"\\! id\r\x1b[2J\xe2\x80\xae\n") == "\\! id\\r\\x1b[2J\\u202e"
+    assert restore.shown_line(b"SELECT 1; \\! " + b"x" * 100) == "SELECT 1; \\! " + "x" * 47 + "…"
+    assert restore.shown_line(b"bad \xff utf-8") == "bad \ufffd utf-8"
+
+
+# Hostile dumps of our own, through the normal pipeline into the in-memory store, restored by real psql:
+# psql judges every one; a comment or a string that merely holds a backslash line is not a command.
+
+_SERVE = """#!{python}
+import os, sys
+if sys.argv[1:] == ["--version"]:
+    os.execv({real!r}, [{real!r}, "--version"])
+with open({dump!r}, "rb") as f:
+    sys.stdout.buffer.write(f.read())
+"""
+HOSTILE_HEAD = "--\n\\restrict K1\n\nCREATE TABLE victim (id int);\n"  # lines 1-4 of each dump below
+HOSTILE = {  # id -> (the rest of the dump, {m}: a file that must never appear; the outcome)
+    "mid-line": ("SELECT 1; \\! touch {m}\n", 5),
+    "cr-line-endings": ("SELECT 1;\r\\! touch {m}\r\n", 5),
+    "copy-inside-a-string": ("SELECT '\nCOPY victim FROM stdin;\n';\n\\! touch {m}\n", 8),
+    "after-copy-ended-by-crlf": ("COPY victim FROM stdin;\n1\r\n\\.\r\n\\! touch {m}\n", 8),
+    "the-dumps-own-unrestrict": ("\\unrestrict K1\n\\! touch {m}\n", 5),
+    "after-the-closing-line": ("\\unrestrict K1\n\n\\! touch {m}\n", 5),
+    "another-restrict": ("\\restrict K2\n\\! touch {m}\n", 5),
+    "strings-made-non-standard": ("SELECT set_config('standard_conforming_strings', 'off', false);\n"
+                                  "SELECT 'a\\' ' \\! touch {m}\n", 6),
+    "gexec": ("SELECT 'SELECT 1' \\gexec\n", 5),
+    "long-line-escapes": ("SELECT '\x1b[2J\u202e" + "x" * 100_000 + "'; \\! touch {m}\n", 5),
+    "never-terminated-copy": ("COPY victim FROM stdin;\n1\n\\! touch {m}\n", "invalid input syntax for type integer"),
+    "command-in-a-comment": ("-- \\! touch {m}\nSELECT 1;\n", "restored"),
+    "line-in-dollar-quotes": ("SELECT $$\n\\! touch {m}\n$$;\n", "restored"),
+}
+
+
+@pytest.mark.parametrize(("rest", "outcome"), HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_dump(pg: PgCluster, planted_source: str, databases: list[str], tmp_path: Path, rest: str,
+                      outcome: int | str) -> None:
+    marker = tmp_path / "pwned"
+    sql = (HOSTILE_HEAD + rest.format(m=marker)).encode()
+    (tmp_path / "dump.sql").write_bytes(sql)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "psql").symlink_to(postgres.tool("psql"))
+    (bindir / "pg_dump").write_text(_SERVE.format(python=sys.executable, real=postgres.tool("pg_dump"),
+                                                  dump=str(tmp_path / "dump.sql")))
+    (bindir / "pg_dump").chmod(0o755)
+    cfg = config_mod.load({"PG_URLS": f"{PREFIX}|bucket={BUCKET}|{pg.url()}", "TIMEZONE": "UTC",
+                           "PG_BIN_DIR": str(bindir)})
+    store = MemoryStorage([BUCKET])
+    assert pipeline.run(cfg, pipeline.plan(cfg, databases=[planted_source]), storage_for=lambda _c: store).ok
+    ref = restore.select_backup(cfg, PREFIX, planted_source, storage=store)
+    target = unique("dst_hostile")
+    databases.append(target)
+    dest = restore.parse_target(pg.url(target))
+    if outcome == "restored":
+        restore.restore_backup(cfg, ref, dest, create=True, storage=store)
+        assert user_objects(pg, target) == "public.victim"
+    elif isinstance(outcome, int):
+        with pytest.raises(restore.MetaCommandError) as err:
+            restore.restore_backup(cfg, ref, dest, create=True, storage=store)
+        assert str(err.value) == refused_line(ref.url, outcome, sql.split(b"\n")[outcome - 1].decode(), dest.display)
+        assert target not in pg.databases()
+    else:
+        with pytest.raises(postgres.PostgresError, match=f"{outcome}.*nothing was committed"):
+            restore.restore_backup(cfg, ref, dest, create=True, storage=store)
+        assert target not in pg.databases()
+    assert not marker.exists()

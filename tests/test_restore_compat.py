@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pgbkp import restore
 from tests.helpers import all_keys, dump_sql, make_bucket, run_cli, s3_client
 from tests.servers import PgCluster, S3Server
 from tests.test_layer_binaries import layer  # noqa: F401 - fixture: builds the layer once
+from tests.test_restore import errors, planting_bindir, refused_at, refused_line
 
 HEADER = (b"\\restrict abc\n\nSET statement_timeout = 0;\nSET lock_timeout = 0;\n"
           b"SET transaction_timeout = 0;\nSET client_encoding = 'UTF8';\n")
@@ -85,3 +88,32 @@ def test_large_objects_do_not_break_the_single_transaction(pg: PgCluster, s3: S3
         pg.drop_database(source)
         pg.drop_database(target)
         pg.psql(f"DROP ROLE IF EXISTS {role}")
+
+
+@pytest.mark.parametrize("planted", ["\\! touch {m}", "SELECT 1; \\! touch {m}"], ids=["line", "mid-line"])
+def test_the_layers_psql_18_refuses_a_hidden_command(pg: PgCluster, s3: S3Server, layer: Path,  # noqa: F811
+                                                     tmp_path: Path, planted: str) -> None:
+    """The Lambda image's psql 18 under pgbkp's \\restrict: the command never runs, the message names it."""
+    source, target = "compat_planted_src", "compat_planted_dst"
+    for name in (source, target):
+        pg.drop_database(name)
+    pg.create_database(source)
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 100) AS g", source)
+    marker = tmp_path / "pwned"
+    bindir, line_file = planting_bindir(tmp_path, planted.format(m=marker))
+    bucket = make_bucket(s3)
+    env = {**s3.env(), "PG_URLS": f"compat|bucket={bucket}|{pg.url()}", "PG_BIN_DIR": str(bindir)}
+    try:
+        assert run_cli(["backup", "--database", source], env).returncode == 0
+        [key] = all_keys(s3, bucket)
+        res = run_cli(["restore", "-c", "compat", "-d", source, "--target-url", pg.url(target), "--create"],
+                      {**env, "PG_BIN_DIR": str(layer / "bin"), "LD_LIBRARY_PATH": str(layer / "lib")})
+        assert not marker.exists()
+        assert res.returncode == 1
+        number, text = refused_at(line_file)
+        assert errors(res) == [refused_line(f"s3://{bucket}/{key}", number, text, f"{pg.user}@127.0.0.1:{pg.port}/"
+                                            f"{target}", bucket)]
+        assert target not in pg.databases()
+    finally:
+        pg.drop_database(source)
+        pg.drop_database(target)

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pgbkp import config as config_mod
-from pgbkp import restore
+from pgbkp import postgres, restore
 from tests.helpers import s3_client
-from tests.servers import PgCluster, S3Server
-from tests.test_restore import BUCKET, PREFIX, _flip, cli, make_env, run_backup, unique
+from tests.servers import PgCluster, S3Server, free_port
+from tests.test_restore import (  # noqa: F401 - planted_source is a fixture
+    BUCKET,
+    PREFIX,
+    _flip,
+    cli,
+    make_env,
+    planted_source,
+    planting_bindir,
+    refused_at,
+    refused_line,
+    run_backup,
+    unique,
+)
 
 
 def _scratch_left(pg: PgCluster) -> list[str]:
@@ -97,3 +110,70 @@ def test_verify_never_drops_a_database_it_did_not_create(pg: PgCluster, monkeypa
     results = restore.verify(config_mod.load(env), PREFIX, [good])
     assert results[0].status == "failed" and "already exists" in (results[0].error or "")
     assert other in pg.databases() and pg.psql("SELECT count(*) FROM c", other) == "30000"
+
+
+@pytest.mark.parametrize("where", ["body", "end"])
+def test_verify_refuses_a_backup_with_a_hidden_psql_command(pg: PgCluster, s3: S3Server,
+                                                           planted_source: str,  # noqa: F811
+                                                           tmp_path: Path, where: str) -> None:
+    """The same guard as restore (and the Lambda verify action, which calls restore.verify)."""
+    s3_client(s3).create_bucket(Bucket=BUCKET)
+    marker = tmp_path / "pwned"
+    bindir, line_file = planting_bindir(tmp_path, f"SELECT 1; \\! touch {marker}", where=where)
+    env = {**make_env(pg, s3), "PG_BIN_DIR": str(bindir)}
+    key = run_backup(env, planted_source).key
+    out = cli(env, "verify", "-c", PREFIX, "-d", planted_source, "--json")
+    assert not marker.exists()
+    assert out.returncode == 1, out.stderr
+    [result] = json.loads(out.stdout)["results"]
+    assert result["status"] == "failed"
+    scratch = f"{pg.user}@127.0.0.1:{pg.port}/{result['scratch_database']}"
+    number, text = refused_at(line_file, -2 if where == "end" else 0)  # after the end: pg_dump's closing line
+    assert result["error"] == refused_line(f"s3://{BUCKET}/{key}", number, text, scratch)
+    assert _scratch_left(pg) == []
+
+
+@pytest.mark.parametrize("scratch", ["wrong password", "unreachable"])
+def test_verify_reports_only_its_own_failure_on_a_scratch_server_it_cannot_use(
+        pg: PgCluster, monkeypatch: pytest.MonkeyPatch, two_sources: tuple[dict[str, str], str, str],
+        scratch: str) -> None:
+    """Nothing was created, so there is no drop to report; and the Fix names --scratch-url, not PG_URLS."""
+    env, good, _other = two_sources
+    monkeypatch.setattr(restore, "scratch_name", lambda _db: "pgbkp_verify_fixed")
+    port = pg.port if scratch == "wrong password" else free_port()
+    [result] = restore.verify(config_mod.load(env), PREFIX, [good],
+                              scratch_url=f"postgresql://{pg.user}:wrong-pw-4711@127.0.0.1:{port}/ignored")
+    where = f"look for the database on {pg.user}@127.0.0.1:{port}/pgbkp_verify_fixed"
+    assert result.status == "failed"
+    if scratch == "wrong password":
+        assert result.error == (f"{where}: password authentication failed for user {pg.user!r}. "
+                                "Fix: check the user and password in --scratch-url.")
+    else:
+        assert result.error is not None and result.error.startswith(f"{where}: cannot reach the server (")
+        assert result.error.endswith("). Fix: check host, port and network access.")
+        assert "drop" not in result.error
+
+
+def test_verify_reports_a_scratch_database_left_behind_once(pg: PgCluster, monkeypatch: pytest.MonkeyPatch,
+                                                            two_sources: tuple[dict[str, str], str, str]) -> None:
+    """The failed restore made the scratch database and could not drop it: said once, by the restore."""
+    env, good, _other = two_sources
+    monkeypatch.setattr(restore, "scratch_name", lambda _db: "pgbkp_verify_left")
+
+    def fail(_first: bytes, _version: int) -> bytes:
+        raise restore.IntegrityError("injected failure")
+
+    def cannot_drop(_target: object, database: str, **_kw: object) -> None:
+        raise postgres.PostgresError(f"drop database {database!r}: the server went away")
+
+    monkeypatch.setattr(restore, "adapt_header", fail)  # after the scratch database was made
+    monkeypatch.setattr(postgres, "drop_database", cannot_drop)
+    try:
+        [result] = restore.verify(config_mod.load(env), PREFIX, [good])
+        assert result.status == "failed"
+        assert result.error == (f"injected failure; nothing was committed to {pg.user}@127.0.0.1:{pg.port}/"
+                                "pgbkp_verify_left; the database 'pgbkp_verify_left' it created could not be "
+                                "dropped (drop database 'pgbkp_verify_left': the server went away).")
+    finally:
+        monkeypatch.undo()
+        pg.drop_database("pgbkp_verify_left")

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import re
+import secrets
 import select
 import shutil
 import signal
@@ -25,6 +26,8 @@ from pgbkp.config import PgTarget
 from pgbkp.redact import redact
 
 PIPE_SIZE = 1 << 20
+#: Seconds pg_dump may wait for its table locks before it gives up (PG_LOCK_WAIT_TIMEOUT_SECONDS).
+DEFAULT_LOCK_WAIT_TIMEOUT = 300
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
@@ -40,10 +43,24 @@ class DumpError(PostgresError):
     """pg_dump failed, was killed or lost its server: the dump is incomplete and must not be kept."""
 
 
+class RestrictedCommandError(PostgresError):
+    """psql refused a backslash command in a restore's input (it runs under ``\\restrict``); nothing ran.
+
+    ``line`` is the line of the caller's SQL (1-based), for a message that can show it."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
 @dataclass(frozen=True)
 class DatabaseInfo:
+    """One database as listed. ``size`` is 0 and ``can_connect`` False when the user lacks CONNECT on it
+    (its size cannot be read, and pg_dump could not connect either)."""
+
     name: str
     size: int
+    can_connect: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,13 +88,22 @@ def _env(target: PgTarget) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class RestoreTarget(PgTarget):
+    """A server that restore or verify writes to, with where its login comes from: a failed login's Fix
+    must name --target-url or PGPASSWORD there, not PG_URLS as for the servers that are backed up."""
+
+    login_fix: str = "Fix: check the user and password in PG_URLS."
+
+
 def explain(stderr: str, target: PgTarget, operation: str) -> str:
     """Turn libpq's error text into one line that says what to fix."""
     text = redact(stderr.strip())
     where = f"{operation} {target.display}"
     if "password authentication failed" in text or "no password supplied" in text:
-        return (f"{where}: password authentication failed for user {target.user!r}. "
-                "Fix: check the user and password in PG_URLS.")
+        fix = target.login_fix if isinstance(target, RestoreTarget) else RestoreTarget.login_fix
+        failed = "no password was given" if "no password supplied" in text else "password authentication failed"
+        return f"{where}: {failed} for user {target.user!r}. {fix}"
     if "server version mismatch" in text:
         return f"{where}: {_last_line(text)}. Fix: use a pg_dump at least as new as the server (PG_BIN_DIR)."
     if re.search(r"could not translate host name|Connection refused|timeout expired|No route to host|"
@@ -116,11 +142,14 @@ def run_sql(target: PgTarget, sql: str, *, database: str | None = None, bindir: 
 def list_databases(target: PgTarget, *, bindir: Path | None = None) -> tuple[ServerInfo, list[DatabaseInfo]]:
     """Databases that are not templates and allow connections, with their sizes, plus the server version.
 
-    Names travel hex-encoded, so any character (newlines included) survives the trip through psql.
+    Names travel hex-encoded, so any character (newlines included) survives the trip through psql. The
+    size is read only where the user has CONNECT: pg_database_size() raises on the others, and one such
+    database must not make the whole connection unlistable.
     """
     rows = run_sql(
         target,
-        "SELECT encode(convert_to(datname, 'UTF8'), 'hex'), pg_database_size(oid), "
+        "SELECT encode(convert_to(datname, 'UTF8'), 'hex'), "
+        "CASE WHEN has_database_privilege(oid, 'CONNECT') THEN pg_database_size(oid) END, "
         "current_setting('server_version'), current_setting('server_version_num') "
         "FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY datname",
         bindir=bindir,
@@ -129,7 +158,7 @@ def list_databases(target: PgTarget, *, bindir: Path | None = None) -> tuple[Ser
     if not rows:
         return ServerInfo("", 0), []
     server = ServerInfo(rows[0][2], int(rows[0][3]))
-    return server, [DatabaseInfo(bytes.fromhex(r[0]).decode("utf-8"), int(r[1])) for r in rows]
+    return server, [DatabaseInfo(bytes.fromhex(r[0]).decode("utf-8"), int(r[1] or 0), r[1] != "") for r in rows]
 
 
 def client_version(name: str = "pg_dump", bindir: Path | None = None) -> str:
@@ -138,19 +167,37 @@ def client_version(name: str = "pg_dump", bindir: Path | None = None) -> str:
     return out.stdout.strip().split(") ", 1)[-1] if ") " in out.stdout else out.stdout.strip()
 
 
-def _spawn(cmd: list[str], target: PgTarget, *, feed: bool) -> subprocess.Popen[bytes]:
+def _spawn(cmd: list[str], target: PgTarget, *, feed: bool,
+           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a client tool in its own process group, streaming through a 1 MiB pipe: we write its stdin
     (``feed``) or read its stdout. Big pipes mean few wake-ups for the Python side."""
     proc = subprocess.Popen(
         cmd, stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
         stdout=subprocess.DEVNULL if feed else subprocess.PIPE, stderr=subprocess.PIPE,
-        env=_env(target), bufsize=0, start_new_session=True,
+        env=_env(target) if env is None else env, bufsize=0, start_new_session=True,
     )
     stream = proc.stdin if feed else proc.stdout
     if stream is not None:
         with contextlib.suppress(OSError):
             fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
     return proc
+
+
+def exit_status(code: int) -> str:
+    """How a child ended, naming a signal once: ``killed by signal 9 (SIGKILL)``, or ``exit code 137
+    (killed by signal 9, SIGKILL)`` when a wrapper or shell between us and the tool reports the signal
+    as 128 + its number."""
+    def name(number: int) -> str:
+        try:
+            return signal.Signals(number).name
+        except ValueError:
+            return "unknown signal"
+
+    if code < 0:
+        return f"killed by signal {-code} ({name(-code)})"
+    if 128 < code <= 128 + 64:
+        return f"exit code {code} (killed by signal {code - 128}, {name(code - 128)})"
+    return f"exit code {code}"
 
 
 class _StderrTail:
@@ -181,11 +228,16 @@ class DumpStream:
     """
 
     def __init__(self, target: PgTarget, database: str, *, bindir: Path | None = None,
-                 extra_args: Sequence[str] = (), stop: Callable[[], bool] | None = None) -> None:
+                 extra_args: Sequence[str] = (), stop: Callable[[], bool] | None = None,
+                 lock_wait_timeout: int | None = DEFAULT_LOCK_WAIT_TIMEOUT) -> None:
         self.database = database
         self._target = target
         self._stop = stop
-        cmd = [tool("pg_dump", bindir), "-F", "p", "--no-password", *extra_args, "-d", target.conninfo(database)]
+        self._lock_wait_timeout = lock_wait_timeout
+        # Milliseconds: the one form of the value every server version accepts.
+        lock = [f"--lock-wait-timeout={lock_wait_timeout * 1000}"] if lock_wait_timeout else []
+        cmd = [tool("pg_dump", bindir), "-F", "p", "--no-password", *lock, *extra_args,
+               "-d", target.conninfo(database)]
         self._proc = _spawn(cmd, target, feed=False)
         assert self._proc.stdout is not None and self._proc.stderr is not None
         self._fd = self._proc.stdout.fileno()
@@ -232,10 +284,26 @@ class DumpStream:
         self._done = True
         if code != 0:
             err = self._stderr.text()
-            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-            detail = explain(err, self._target, f"pg_dump {self.database!r} from") if err.strip() else (
-                f"pg_dump {self.database!r} from {self._target.display}: {how}")
+            operation = f"pg_dump {self.database!r} from"
+            how = exit_status(code)
+            if not err.strip():
+                raise DumpError(f"{operation} {self._target.display}: {how}; the dump is incomplete")
+            detail = self._lock_wait_failure(err, operation) or explain(err, self._target, operation)
             raise DumpError(f"{detail} ({how}); the dump is incomplete")
+
+    def _lock_wait_failure(self, stderr: str, operation: str) -> str | None:
+        """pg_dump gave up waiting for its table locks (--lock-wait-timeout): name the tables and the fix."""
+        if "canceling statement due to statement timeout" not in stderr:
+            return None
+        m = re.search(r"Query was: LOCK TABLE (.+?) IN ACCESS SHARE MODE", stderr)
+        if m is None:
+            return None
+        tables = m[1].split(", ")
+        shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+        return (f"{operation} {self._target.display}: waited {self._lock_wait_timeout} s for a lock on "
+                f"{'table' if len(tables) == 1 else 'one of the tables'} {redact(shown)}: another session "
+                "holds a conflicting lock (ALTER TABLE, TRUNCATE, VACUUM FULL, LOCK TABLE...). Fix: find it in "
+                "pg_locks / pg_stat_activity and let it finish, or raise PG_LOCK_WAIT_TIMEOUT_SECONDS")
 
     def kill(self) -> None:
         """Stop pg_dump now (used when the upload side fails or time runs out)."""
@@ -348,12 +416,22 @@ def database_is_empty(target: PgTarget, database: str, *, bindir: Path | None = 
     return not database_contents(target, database, bindir=bindir)
 
 
+#: psql's own words when ``\restrict`` stops a backslash command (messages forced to English, see below).
+_RESTRICTED = re.compile(r"^psql:<stdin>:(\d+): error: (?:backslash commands are restricted|\\unrestrict: wrong key)",
+                         re.MULTILINE)
+
+
 class RestoreSession:
     """psql reading a dump from its stdin inside ONE transaction that commits only on :meth:`commit`.
 
     ``-1 -f -`` makes psql send BEGIN first and COMMIT only after stdin ends, with ON_ERROR_STOP so the
     first error stops it. Killing psql before stdin ends drops the connection, and the server rolls the
     whole transaction back: the target is left exactly as it was.
+
+    The first line psql reads is ``\\restrict <random key>``, so psql runs NO backslash command from what
+    follows (``\\!`` would run a shell, ``\\o |cmd`` a pipe, ``\\copy`` write files): it stops on the first
+    one, with ON_ERROR_STOP, and the key is never written anywhere a dump could learn it. psql learnt
+    ``\\restrict`` in 18, 17.6, 16.10, 15.14, 14.19 and 13.22: callers must refuse older ones.
     """
 
     def __init__(self, target: PgTarget, database: str, *, bindir: Path | None = None) -> None:
@@ -361,12 +439,19 @@ class RestoreSession:
         self._target = target
         cmd = [tool("psql", bindir), "-X", "-q", "--no-password", "--single-transaction", "-v", "ON_ERROR_STOP=1",
                "-f", "-", "-d", target.conninfo(database)]
-        self._proc = _spawn(cmd, target, feed=True)
+        env = _env(target)
+        if "LC_ALL" in env:  # keep its character set, but let LC_MESSAGES below decide the language
+            env.setdefault("LC_CTYPE", env.pop("LC_ALL"))
+        env.pop("LANGUAGE", None)
+        env["LC_MESSAGES"] = "C"  # psql's own messages in English, which _failure() recognises
+        self._proc = _spawn(cmd, target, feed=True, env=env)
         assert self._proc.stdin is not None and self._proc.stderr is not None
         self._stdin = self._proc.stdin
         self._stderr = _StderrTail(self._proc.stderr)
         self._done = False
         self.bytes_written = 0
+        with contextlib.suppress(BrokenPipeError):  # psql already gone: the first write or commit says why
+            self._stdin.write(f"\\restrict {secrets.token_hex(32)}\n".encode())
 
     def _failure(self, code: int) -> PostgresError:
         err = self._stderr.text()
@@ -374,6 +459,11 @@ class RestoreSession:
         operation = f"restore into database {self.database!r} on"
         if not err.strip():
             return PostgresError(f"{operation} {self._target.display}: psql stopped ({how})")
+        refused = _RESTRICTED.search(err)
+        if refused:  # psql counts our \restrict line as its line 1
+            line = int(refused[1]) - 1
+            return RestrictedCommandError(f"{operation} {self._target.display}: psql refused the backslash "
+                                          f"command on line {line} ({how}); nothing was committed", line)
         kind = ConnectError if "connection to server" in err and self.bytes_written == 0 else PostgresError
         return kind(f"{explain(err, self._target, operation)} ({how}); nothing was committed")
 

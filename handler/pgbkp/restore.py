@@ -5,12 +5,13 @@ reader, which inflates (and decrypts) the single member and feeds it to a psql t
 dump inside one transaction. Nothing is committed until the end: the ZIP reader has checked the CRC
 or the AES authentication code and the central directory, and the object's SHA-256 matches the
 ``sha256`` written at backup time. Any failure kills psql, and the server rolls the transaction
-back. See docs/restore.md for why this design (one GET, bounded memory, no temporary file).
+back. psql runs under its own ``\\restrict`` key, so no psql command hidden in a backup can run (see
+DumpFilter). See docs/restore.md for why this design (one GET, bounded memory, no temporary file).
 """
 
 from __future__ import annotations
 
-import hashlib
+import collections
 import logging
 import os
 import re
@@ -18,12 +19,12 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pgbkp import keys, postgres
+from pgbkp import integrity, keys, postgres
 from pgbkp.archive import ArchiveError, CorruptArchiveError, MemberReader, WrongPasswordError
 from pgbkp.config import Config, ConfigError, Connection, PgTarget, parse_url
 from pgbkp.redact import Secret, redact
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
 #: psql learnt ``\restrict`` in these minor releases (August 2025); every 18 has it.
 RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
-_RESTRICT_LINE = re.compile(rb"^\\restrict\s", re.MULTILINE)
 #: pg_dump 17+ writes this into the header of every dump, whatever the source server; servers before 17
 #: reject the setting, which ON_ERROR_STOP turns into a failed restore.
 _TRANSACTION_TIMEOUT = re.compile(rb"^SET transaction_timeout = 0;\n", re.MULTILINE)
@@ -49,7 +49,7 @@ def adapt_header(first: bytes, server_version_num: int) -> bytes:
     if server_version_num >= 170000:
         return first
     head, rest = first[:HEADER_BYTES], first[HEADER_BYTES:]
-    return _TRANSACTION_TIMEOUT.sub(b"", head, count=1) + rest
+    return _TRANSACTION_TIMEOUT.sub(b"\n", head, count=1) + rest  # a blank line keeps the line numbers
 
 
 class RestoreError(Exception):
@@ -69,7 +69,24 @@ class IntegrityError(RestoreError):
 
 
 class PsqlTooOldError(RestoreError):
-    """The dump starts with ``\\restrict`` and the psql in use does not know that command."""
+    """The psql in use has no ``\\restrict``, so nothing could stop it running a command hidden in a backup."""
+
+
+class MetaCommandError(RestoreError):
+    """The backup holds a psql meta-command (``\\!`` runs a shell): psql refused it, and nothing ran or was
+    committed. ``line`` is its line in the dump, ``text`` that line when it could be shown."""
+
+    def __init__(self, message: str, line: int, text: bytes | None = None) -> None:
+        super().__init__(message)
+        self.line, self.text = line, text
+
+
+def shown_line(line: bytes, limit: int = 60) -> str:
+    """A line of the dump for a message: control and invisible characters escaped, long lines cut."""
+    text = line.rstrip(b"\n").decode("utf-8", "replace")
+    cut = text[:limit]
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut)
+    return shown + ("…" if len(text) > limit else "")
 
 
 @dataclass(frozen=True)
@@ -252,24 +269,57 @@ def restrict_supported(version: tuple[int, int]) -> bool:
     return major >= 18 or (major in RESTRICT_SINCE and minor >= RESTRICT_SINCE[major])
 
 
-class OneTransaction:
-    """Keep a plain dump inside psql's ``--single-transaction``.
+class DumpFilter:
+    r"""The dump on its way to psql: kept in ONE transaction, and fitted to the session's ``\restrict``.
 
-    pg_dump wraps each large-object data section in its own ``BEGIN;`` ... ``COMMIT;``. Under
-    ``--single-transaction`` that COMMIT would commit everything before it, and run the rest (indexes,
-    constraints, grants) in autocommit: a failure or a corrupt archive could then leave a half-restored
-    target. This filter drops exactly that pair: the ``BEGIN;`` right after a ``Type: BLOBS`` data header
-    and the next ``COMMIT;`` line, never anything inside COPY data (where a row may read ``BEGIN;``).
-    It works on a stream of chunks, holding back only the last incomplete line.
+    The session runs psql under its own ``\restrict <random key>`` (see postgres.RestoreSession): psql
+    then refuses every backslash command, even one in the middle of a line, and it is the judge of what
+    is one (a line may start with a backslash inside a string literal or a function body, in a genuine
+    dump). This filter changes only what pg_dump itself writes around that:
+
+    - pg_dump's own key lines, at their places: ``\restrict KEY`` in the header (only comments and
+      blank lines before it), and the matching ``\unrestrict KEY``, pg_dump's last line: anything but
+      blank lines after it raises MetaCommandError for it (as psql would have refused it). Any other
+      key line passes, and psql refuses it;
+    - pg_dump wraps each large-object data section in its own ``BEGIN;`` ... ``COMMIT;``. Under
+      ``--single-transaction`` that COMMIT would commit everything before it, and run the rest (indexes,
+      constraints, grants) in autocommit: a failure or a corrupt archive could then leave a half-restored
+      target. It drops exactly that pair: the ``BEGIN;`` after a ``Type: BLOBS`` data header and the next
+      ``COMMIT;`` line.
+
+    Nothing inside COPY data is changed: there a row may read ``BEGIN;``, and ``\restrict x`` is a row
+    whose text starts with a carriage return. COPY data starts after a line ending in `` FROM stdin;``
+    (a table name holding a newline spreads the COPY over several lines after its ``TABLE DATA`` header)
+    and ends at a line ``\.`` (or ``\.\r\n``), as psql ends it. Dropped lines become blank lines, so line
+    N of the output is line N of the dump, and :meth:`line_text` can show the line psql refused. It works
+    on a stream of chunks, holding back only the last incomplete line.
     """
 
-    _LINE = re.compile(rb"^(?:COPY .* FROM stdin;|BEGIN;|COMMIT;|-- Data for Name: .*; Type: BLOBS;.*)$",
-                       re.MULTILINE)
+    #: A line that matters: a data header, COPY, BEGIN/COMMIT, or pg_dump's key lines.
+    _AT = re.compile(rb"COPY |BEGIN;\n|COMMIT;\n|-- Data for Name: |\\(?:un)?restrict ")
+    #: The newline before such a line: a literal first byte, so the search skips along at memchr speed.
+    _NEXT = re.compile(rb"\n(?=COPY |BEGIN;\n|COMMIT;\n|-- Data for Name: |\\(?:un)?restrict )")
+    #: The first line that is neither blank nor a ``--`` comment: where the dump's header ends.
+    _SQL = re.compile(rb"^(?![ \t\r\f\v]*(?:--|$))", re.MULTILINE)
+    _KEY_LINE = re.compile(rb"\\(un)?restrict ([A-Za-z0-9]+)\n")
+    _NON_BLANK = re.compile(rb"[^ \t\n\r\f\v]")
+    _COPY_END = b" FROM stdin;\n"
+    #: How much recent output to keep for :meth:`line_text`: psql refuses a line it has read, and what was
+    #: sent after it is at most the 1 MiB pipe, psql's small read buffer and the block being written.
+    KEEP = 4 << 20
 
     def __init__(self) -> None:
         self._carry = b""
         self._in_copy = False
+        self._copy_statement = False  # inside a COPY statement that spans lines: data starts after it
+        self._table_data = False  # the last data header was TABLE DATA: its COPY may span lines
         self._blobs = 0  # 1: a BLOBS header was seen, 2: inside its BEGIN
+        self._header = True  # only comments and blank lines so far: pg_dump's \restrict may come
+        self._key: bytes | None = None
+        self._closed: tuple[int, bytes] | None = None  # pg_dump's closing \unrestrict: (line, text)
+        self._sent = 0  # lines sent so far (as many as were fed: a dropped line is sent as a blank one)
+        self._recent: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._kept = 0
         self.dropped = 0
 
     def feed(self, chunk: bytes) -> bytes:
@@ -279,48 +329,117 @@ class OneTransaction:
         out: list[bytes] = []
         pos = 0
         while pos < len(data):
-            if self._in_copy:  # COPY data ends at a line that is exactly \.
-                if data.startswith(b"\\.\n", pos):
-                    end = pos
-                else:
-                    hit = data.find(b"\n\\.\n", pos)
-                    end = -1 if hit < 0 else hit + 1
+            if self._closed is not None:  # after pg_dump's closing line, only blank lines
+                if self._NON_BLANK.search(data, pos):
+                    number, line = self._closed
+                    raise MetaCommandError(f"the backup contains a psql meta-command (line {number}: "
+                                           f"{shown_line(line)}): it is not the dump's last line", number, line)
+                out.append(data[pos:])
+                break
+            if self._in_copy:
+                end = self._copy_end(data, pos)
                 if end < 0:
                     out.append(data[pos:])
                     break
-                out.append(data[pos:end + 3])
-                pos, self._in_copy = end + 3, False
+                out.append(data[pos:end])
+                pos, self._in_copy = end, False
                 continue
-            m = self._LINE.search(data, pos)
-            if m is None:
+            if self._copy_statement:
+                hit = data.find(self._COPY_END, pos)
+                end = len(data) if hit < 0 else hit + len(self._COPY_END)
+                out.append(data[pos:end])
+                pos, self._in_copy, self._copy_statement = end, hit >= 0, hit < 0
+                continue
+            start = pos if self._AT.match(data, pos) else self._next_line(data, pos)
+            if self._header and self._SQL.search(data, pos, len(data) if start < 0 else start):
+                self._header = False
+            if start < 0:
                 out.append(data[pos:])
                 break
-            line = m.group()
-            if (line == b"BEGIN;" and self._blobs == 1) or (line == b"COMMIT;" and self._blobs == 2):
-                out.append(data[pos:m.start()])
-                self._blobs = (self._blobs + 1) % 3
+            out.append(data[pos:start])
+            pos = data.index(b"\n", start) + 1
+            out.append(self._line(data, start, pos))
+        return self._send(b"".join(out))
+
+    def _send(self, sent: bytes) -> bytes:
+        self._recent.append((self._sent + 1, sent))
+        self._kept += len(sent)
+        while len(self._recent) > 1 and self._kept - len(self._recent[0][1]) >= self.KEEP:
+            self._kept -= len(self._recent.popleft()[1])
+        self._sent += sent.count(b"\n")
+        return sent
+
+    def _next_line(self, data: bytes, pos: int) -> int:
+        m = self._NEXT.search(data, pos)
+        return -1 if m is None else m.end()
+
+    @staticmethod
+    def _copy_end(data: bytes, pos: int) -> int:
+        r"""Just past the line ``\.`` (or ``\.\r\n``, which psql also takes) that ends COPY data, else -1."""
+        at = pos
+        while True:
+            if data.startswith(b"\\.\n", at):
+                return at + 3
+            if data.startswith(b"\\.\r\n", at):
+                return at + 4
+            hit = data.find(b"\n\\.", at)
+            if hit < 0:
+                return -1
+            at = hit + 1
+
+    def _line(self, data: bytes, start: int, end: int) -> bytes:
+        """What to send for one line that matters: ``data[start:end]``, newline included."""
+        line = data[start:end]
+        header, self._header = self._header, False
+        table_data, self._table_data = self._table_data, False
+        if line.startswith(b"-- Data for Name: "):
+            if b"; Type: BLOBS;" in line:
+                self._blobs = 1
+            self._table_data = b"; Type: TABLE DATA;" in line
+        elif line.startswith(b"COPY "):
+            if line.endswith(self._COPY_END):
+                self._in_copy = True
+            elif table_data:
+                self._copy_statement = True
+        elif (line == b"BEGIN;\n" and self._blobs == 1) or (line == b"COMMIT;\n" and self._blobs == 2):
+            self._blobs = (self._blobs + 1) % 3
+            self.dropped += 1
+            return b"\n"
+        elif key := self._KEY_LINE.fullmatch(line):
+            if not key[1] and header and self._key is None:
+                self._key = key[2]
                 self.dropped += 1
-            else:
-                out.append(data[pos:m.end() + 1])
-                if line.startswith(b"COPY "):
-                    self._in_copy = True
-                elif line.startswith(b"-- Data for Name:"):
-                    self._blobs = 1
-            pos = m.end() + 1
-        return b"".join(out)
+                return b"\n"
+            if key[1] and key[2] == self._key and self._closed is None:
+                self._closed = (self._sent + data.count(b"\n", 0, start) + 1, line)
+                self.dropped += 1
+                return b"\n"
+        return line
 
     def flush(self) -> bytes:
-        rest, self._carry = self._carry, b""
-        return rest
+        """The last line, even without a final newline (it goes through the same rules)."""
+        return self.feed(b"\n") if self._carry else b""
+
+    def line_text(self, number: int) -> bytes | None:
+        """Line ``number`` of the output, if it is in the last :attr:`KEEP` bytes or so (else None)."""
+        for first, block in reversed(self._recent):
+            if first <= number:
+                pos = 0
+                for _ in range(number - first):
+                    pos = block.find(b"\n", pos) + 1
+                    if pos == 0:
+                        return None
+                end = block.find(b"\n", pos)
+                return block[pos:end] if end >= 0 else None
+        return None
 
 
 class _HashingReader:
-    """Pass reads through, hashing and counting every byte of the object as it flows."""
+    """Pass reads through, counting every byte of the object as it flows (the archive reader hashes)."""
 
     def __init__(self, source: Download, on_progress: Callable[[int], None] | None) -> None:
         self._source = source
         self._on_progress = on_progress
-        self.sha256 = hashlib.sha256()
         self.bytes_read = 0
         self.encrypted = False  # bit 0 of the local header's flags (offset 6), seen on the first read
 
@@ -329,7 +448,6 @@ class _HashingReader:
         if data:
             if self.bytes_read == 0 and len(data) > 6:
                 self.encrypted = bool(data[6] & 1)
-            self.sha256.update(data)
             self.bytes_read += len(data)
             if self._on_progress is not None:
                 self._on_progress(len(data))
@@ -340,7 +458,8 @@ class _HashingReader:
             pass
 
 
-def parse_target(url: str, *, env: Mapping[str, str] | None = None, fallback: PgTarget | None = None) -> PgTarget:
+def parse_target(url: str, *, env: Mapping[str, str] | None = None,
+                 fallback: PgTarget | None = None) -> postgres.RestoreTarget:
     """The --target-url; it must name its database, so nobody restores into ``postgres`` by accident.
 
     The URL need not carry a password, which would show in ``ps``: without one, the password comes from
@@ -356,16 +475,25 @@ def parse_target(url: str, *, env: Mapping[str, str] | None = None, fallback: Pg
     return with_password(target, env, fallback)
 
 
-def with_password(target: PgTarget, env: Mapping[str, str] | None, fallback: PgTarget | None) -> PgTarget:
+def with_password(target: PgTarget, env: Mapping[str, str] | None, fallback: PgTarget | None, *,
+                  flag: str = "--target-url") -> postgres.RestoreTarget:
+    """The target with its password: from its URL (``flag``), else PGPASSWORD, else the connection's when
+    the server and user are the same. It remembers which, so that a failed login names the right place."""
+    def login(password: Secret | None, fix: str) -> postgres.RestoreTarget:
+        parts = {f.name: getattr(target, f.name) for f in fields(PgTarget)}
+        return postgres.RestoreTarget(**{**parts, "password": password}, login_fix=fix)
+
     if target.password is not None:
-        return target
+        return login(target.password, f"Fix: check the user and password in {flag}.")
     password = (os.environ if env is None else env).get("PGPASSWORD", "")
     if password:
-        return replace(target, password=Secret(password))
-    if fallback is not None and (fallback.host, fallback.port, fallback.user) == (target.host, target.port,
-                                                                                    target.user):
-        return replace(target, password=fallback.password)
-    return target
+        return login(Secret(password), f"Fix: check the user in {flag} and the password in PGPASSWORD.")
+    if fallback is not None and fallback.password is not None and (
+            (fallback.host, fallback.port, fallback.user) == (target.host, target.port, target.user)):
+        return login(fallback.password, f"Fix: check the user in {flag}; its password is the connection's in "
+                     "PG_URLS (same server and user): set PGPASSWORD to use another.")
+    return login(None, f"Fix: set PGPASSWORD to the password of user {target.user!r}, or check the user in "
+                 f"{flag}.")
 
 
 def check_target(target: PgTarget, *, create: bool, force: bool, bindir: Path | None = None) -> None:
@@ -408,6 +536,12 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, creat
     shown = target.display
     result = RestoreResult(backup, shown)
     psql = postgres.psql_version(bindir)
+    if not restrict_supported(psql):
+        raise PsqlTooOldError(
+            f"restore {backup.url}: psql {psql[0]}.{psql[1]} ({postgres.tool('psql', bindir)}) has no \\restrict, "
+            "so nothing could stop it running a psql command hidden in the backup (\\! runs a shell). Nothing "
+            "was sent. Fix: set PG_BIN_DIR to the bin folder of a newer PostgreSQL client (18, or 17.6+, 16.10+, "
+            "15.14+, 14.19+, 13.22+).")
     check_target(target, create=create, force=force, bindir=bindir)
     password = config.zip_password.reveal().encode() if config.zip_password else None
     started = time.monotonic()
@@ -415,42 +549,39 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, creat
     if on_start is not None:
         on_start(download.info.size)
     session: postgres.RestoreSession | None = None
+    one = DumpFilter()
     created = False
     try:
         hashing = _HashingReader(download, on_progress)
         reader = MemberReader(hashing, password, chunk_size=READ_CHUNK)
         chunks = iter(reader)
         first = next(chunks, b"")
-        if _RESTRICT_LINE.search(first[:65536]) and not restrict_supported(psql):
-            made_by = download.info.metadata.get("pg-dump-version") or "a recent pg_dump"
-            raise PsqlTooOldError(
-                f"restore {backup.url}: the dump starts with \\restrict (written by pg_dump {made_by}), which "
-                f"psql {psql[0]}.{psql[1]} ({postgres.tool('psql', bindir)}) does not understand. Nothing was "
-                "sent. Fix: set PG_BIN_DIR to the bin folder of a newer PostgreSQL client "
-                "(18, or 17.6+, 16.10+, 15.14+, 14.19+, 13.22+).")
         if create:
             postgres.create_database(target, db, bindir=bindir)
             created = True
         session = postgres.RestoreSession(target, db, bindir=bindir)
-        one = OneTransaction()
         session.write(one.feed(adapt_header(first, postgres.server_version_num(target, bindir=bindir))))
         for chunk in chunks:
             session.write(one.feed(chunk))
         session.write(one.flush())
         hashing.drain()
         result.checks.append("AES authentication code" if hashing.encrypted else "ZIP CRC-32")
-        _check_object(backup, download, hashing, result)
+        _check_object(backup, download, hashing, reader, result)
         session.commit()
         result.sql_bytes = session.bytes_written
     except BaseException as exc:
         if session is not None:
             session.abort()
+        left = ""
         if created:
             try:
                 postgres.drop_database(target, db, bindir=bindir)
             except postgres.PostgresError as drop_exc:
                 log.error("could not drop database %r created for the failed restore: %s", db, drop_exc)
-        explained = _explain(exc, backup, shown) if isinstance(exc, Exception) else exc
+                left = f"; the database {db!r} it created could not be dropped ({drop_exc})"
+        explained = _explain(exc, backup, shown, one) if isinstance(exc, Exception) else exc
+        if left:
+            raise RestoreError(f"{str(explained).rstrip('.')}{left}.") from exc
         if explained is exc:
             raise
         raise explained from exc
@@ -465,24 +596,40 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, creat
     return result
 
 
-def _check_object(backup: BackupRef, download: Download, hashing: _HashingReader, result: RestoreResult) -> None:
+def _check_object(backup: BackupRef, download: Download, hashing: _HashingReader, reader: MemberReader,
+                  result: RestoreResult) -> None:
+    """After the whole object was read: its size, and its SHA-256 against its integrity record (in the
+    archive's comment, checked by the reader; v1 backups kept it in the ``sha256`` metadata)."""
     info = download.info
     if hashing.bytes_read != info.size:
         raise IntegrityError(f"restore {backup.url}: read {hashing.bytes_read} bytes, the object has {info.size}")
+    if reader.record is not None:
+        result.checks.append("object SHA-256 (integrity record)")
+        return
+    if info.metadata.get(integrity.METADATA_KEY):
+        raise IntegrityError(f"restore {backup.url}: the archive has lost its integrity record (its metadata says "
+                             f"{integrity.METADATA_KEY}={info.metadata[integrity.METADATA_KEY]}): it was cut or "
+                             "rewritten after the backup")
     expected = info.metadata.get("sha256")
     if expected is None:
-        log.warning("%s has no sha256 metadata (not written by pgbkp?): relying on the ZIP checks", backup.url)
+        log.warning("%s has no integrity record (not written by pgbkp?): relying on the ZIP checks", backup.url)
         return
-    actual = hashing.sha256.hexdigest()
-    if actual != expected.lower():
-        raise IntegrityError(f"restore {backup.url}: SHA-256 mismatch: the object hashes to {actual}, its "
-                             f"metadata says {expected}: it changed after the backup")
-    result.checks.append("object SHA-256")
+    if reader.object_sha256 != expected.lower():
+        raise IntegrityError(f"restore {backup.url}: SHA-256 mismatch: the object hashes to {reader.object_sha256}, "
+                             f"its metadata says {expected}: it changed after the backup")
+    result.checks.append("object SHA-256 (metadata)")
 
 
-def _explain(exc: Exception, backup: BackupRef, target: str) -> Exception:
+def _explain(exc: Exception, backup: BackupRef, target: str, sent: DumpFilter) -> Exception:
     """One line per failure that says what happened, that the target is untouched, and the fix."""
     untouched = f"nothing was committed to {target}"
+    if isinstance(exc, MetaCommandError | postgres.RestrictedCommandError):
+        line = exc.text if isinstance(exc, MetaCommandError) else sent.line_text(exc.line)
+        where = f"line {exc.line}: {shown_line(line)}" if line is not None else f"line {exc.line}"
+        return MetaCommandError(
+            f"restore {backup.url}: the backup contains a psql meta-command ({where}); refused, {untouched}. "
+            f"Fix: do not restore this backup; find out who could write to s3://{backup.bucket}/, and restore an "
+            "older one you trust (pgbkp list; --at or --key).", exc.line, line)
     if isinstance(exc, WrongPasswordError):
         return RestoreError(f"restore {backup.url}: {exc}; {untouched}. Fix: set ZIP_PASSWORD to the password "
                             "the backup was made with.")
@@ -504,8 +651,9 @@ def restore(config: Config, connection: Connection | str | int, backup: BackupRe
             on_start: Callable[[int], None] | None = None) -> RestoreResult:
     """Restore ``backup`` into the database named by ``target_url`` (see :func:`restore_backup`)."""
     conn = _connection(config, connection)
-    return restore_backup(config, backup, parse_target(target_url), create=create, force=force,
-                          storage=storage, connection=conn, on_progress=on_progress, on_start=on_start)
+    target = parse_target(target_url, env=config.env, fallback=conn.pg)
+    return restore_backup(config, backup, target, create=create, force=force, storage=storage, connection=conn,
+                          on_progress=on_progress, on_start=on_start)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -529,8 +677,8 @@ def verify(config: Config, connection: Connection | str | int, databases: Sequen
     """
     conn = _connection(config, connection)
     storage = storage or S3Storage(conn.s3)
-    server = (with_password(parse_url(scratch_url, "--scratch-url"), config.env, conn.pg) if scratch_url
-              else conn.pg)
+    server = (with_password(parse_url(scratch_url, "--scratch-url"), config.env, conn.pg, flag="--scratch-url")
+              if scratch_url else conn.pg)
     results: list[VerifyResult] = []
     try:
         latest: dict[str, BackupRef] = {}
@@ -552,6 +700,11 @@ def verify(config: Config, connection: Connection | str | int, databases: Sequen
     return results
 
 
+def _verify_error(exc: Exception, ref: BackupRef) -> str:
+    known = isinstance(exc, RestoreError | StorageError | postgres.PostgresError)
+    return redact(str(exc) if known else f"verify {ref.url}: {type(exc).__name__}: {exc}")
+
+
 def _verify_one(config: Config, conn: Connection, ref: BackupRef, server: PgTarget, storage: Storage,
                 result: VerifyResult, on_progress: Callable[[VerifyResult, int], None] | None,
                 on_start: Callable[[VerifyResult, int], None] | None) -> None:
@@ -561,28 +714,30 @@ def _verify_one(config: Config, conn: Connection, ref: BackupRef, server: PgTarg
     result.taken = ref.taken.isoformat(timespec="minutes") if ref.taken else None
     result.scratch_database = scratch.database
     result.scratch_server = f"{scratch.user}@{scratch.host}:{scratch.port}"
-    ours = True  # the random name did not exist before (a TargetError says it did: not ours to drop)
+    # A failed restore drops the scratch database itself, if it created it (and says so if it could not);
+    # one that failed before creating it (unreachable server, name taken, psql too old) made nothing to drop.
     try:
         restored = restore_backup(
             config, ref, scratch, create=True, storage=storage, connection=conn,
             on_progress=(lambda n: on_progress(result, n)) if on_progress else None,
             on_start=(lambda n: on_start(result, n)) if on_start else None)
-        result.object_bytes, result.sql_bytes = restored.object_bytes, restored.sql_bytes
-        stats = postgres.database_stats(scratch, scratch.database, bindir=config.pg_bindir)
-        result.tables, result.rows, result.restored_size = stats.tables, stats.rows, stats.size
-        result.status = "ok"
     except Exception as exc:
-        ours = not isinstance(exc, TargetError)
-        result.error = redact(str(exc) if isinstance(exc, RestoreError | StorageError | postgres.PostgresError)
-                              else f"verify {ref.url}: {type(exc).__name__}: {exc}")
-    finally:
+        result.error = _verify_error(exc, ref)
+    else:
+        result.object_bytes, result.sql_bytes = restored.object_bytes, restored.sql_bytes
         try:
-            if ours:
+            stats = postgres.database_stats(scratch, scratch.database, bindir=config.pg_bindir)
+            result.tables, result.rows, result.restored_size = stats.tables, stats.rows, stats.size
+            result.status = "ok"
+        except Exception as exc:
+            result.error = _verify_error(exc, ref)
+        finally:
+            try:
                 postgres.drop_database(scratch, scratch.database, bindir=config.pg_bindir)
-        except postgres.PostgresError as exc:
-            result.status = "failed"
-            note = f"could not drop scratch database {scratch.database!r}: {redact(str(exc))}"
-            result.error = f"{result.error}; {note}" if result.error else note
+            except postgres.PostgresError as exc:
+                result.status = "failed"
+                note = f"could not drop scratch database {scratch.database!r}: {redact(str(exc))}"
+                result.error = f"{result.error}; {note}" if result.error else note
     result.seconds = round(time.monotonic() - started, 3)
     if result.ok:
         log.info("verified %s: %d tables, %d rows, %d bytes restored, %.1fs", ref.url, result.tables,

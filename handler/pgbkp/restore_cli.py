@@ -173,8 +173,9 @@ def register(subparsers: Any) -> None:
 
     r = add("restore", help="restore a backup into an empty (or new) database",
             description="Stream a backup from S3 into psql in ONE transaction, committed only after the "
-            "object's SHA-256 and the ZIP's CRC (or AES authentication code) check out. On any failure the "
-            "target is left untouched.")
+            "object's SHA-256 and the ZIP's CRC (or AES authentication code) check out. psql runs under "
+            "pgbkp's own \\restrict, so a psql command hidden in a backup (\\! runs a shell) never runs: the "
+            "backup is refused. On any failure the target is left untouched.")
     r.add_argument("--connection", "-c", metavar="NAME", help="the connection whose backups to use "
                    "(needed when PG_URLS has several)")
     r.add_argument("--database", "-d", metavar="DB", help="the backed-up database (not needed with --key)")
