@@ -1,12 +1,15 @@
-"""ZipStreamWriter / iter_member: exact round trips, integrity errors, threads, CPU budget."""
+"""ZipStreamWriter / iter_member: exact round trips, integrity errors, threads, the AES adapter."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
 import random
 import struct
 import threading
+import tomllib
+import types
 import zipfile
 import zlib
 from datetime import datetime
@@ -14,9 +17,13 @@ from pathlib import Path
 
 import pytest
 import pyzipper
+from Cryptodome.Cipher import AES
+from Cryptodome.Hash import HMAC, SHA1
 from Cryptodome.Protocol.KDF import PBKDF2
+from Cryptodome.Util import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packaging.specifiers import SpecifierSet
 
 from pgbkp.archive import (
     ArchiveError,
@@ -25,10 +32,10 @@ from pgbkp.archive import (
     MemberReader,
     WrongPasswordError,
     ZipStreamWriter,
-    available_cpus,
-    crc32_combine,
     iter_member,
 )
+from pgbkp.archive import aes as archive_aes
+from pgbkp.archive.crc import crc32_combine
 from tests.bench.bench_archive import make_corpus
 
 BLOCK = 64 * 1024
@@ -75,9 +82,13 @@ def flip(archive: bytes, position: int) -> bytes:
 
 
 def wrong_password_for(archive: bytes, avoid: bytes) -> bytes:
-    """A password other than ``avoid`` whose 2-byte verifier does not match by chance (1 in 65536)."""
     start = payload_offset(archive)
-    salt, verifier = archive[start : start + 16], archive[start + 16 : start + 18]
+    return password_not_matching(archive[start : start + 18], avoid)
+
+
+def password_not_matching(aes_header: bytes, avoid: bytes) -> bytes:
+    """A password other than ``avoid`` whose 2-byte verifier does not match by chance (1 in 65536)."""
+    salt, verifier = aes_header[:16], aes_header[16:18]
     for n in range(100):
         candidate = b"wrong-%d" % n
         if candidate != avoid and PBKDF2(candidate.decode(), salt, count=1000, dkLen=66)[64:] != verifier:
@@ -384,52 +395,91 @@ def test_old_mtime_is_clamped_to_1980() -> None:
     assert zipfile.ZipFile(io.BytesIO(archive)).infolist()[0].date_time == (1980, 1, 1, 0, 0, 0)
 
 
-# --- available_cpus ------------------------------------------------------------------------------
+# --- the AES adapter: pyzipper's private API, pinned ---------------------------------------------
+# pgbkp.archive.aes drives AESZipDecrypter's private ``decypter`` and ``hmac`` (the reader must decrypt
+# before it knows how much of a chunk to authenticate). These tests hold it to WinZip AES computed from
+# pycryptodomex directly, so a pyzipper release that moves or changes them fails here, by name.
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
-@pytest.fixture
-def eight_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+def winzip_aes_256(password: bytes, salt: bytes, plaintext: bytes) -> tuple[bytes, bytes, bytes]:
+    """(salt + verifier, ciphertext, auth code) per the WinZip AE spec, without pyzipper."""
+    keys = PBKDF2(password, salt, dkLen=66, count=1000)  # AES key, HMAC key, password verifier
+    cipher = AES.new(keys[:32], AES.MODE_CTR, counter=Counter.new(128, little_endian=True))
+    ciphertext = cipher.encrypt(plaintext)
+    return salt + keys[64:], ciphertext, HMAC.new(keys[32:64], ciphertext, SHA1).digest()[:10]
 
 
-def cgroup(tmp_path: Path, files: dict[str, str], membership: str = "0::/\n") -> dict[str, Path]:
-    root = tmp_path / "cgroup"
-    for relative, text in files.items():
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        (root / relative).write_text(text)
-    root.mkdir(exist_ok=True)
-    proc = tmp_path / "proc-self-cgroup"
-    proc.write_text(membership)
-    return {"cgroup_root": root, "proc_cgroup": proc}
+def test_pyzipper_private_api_decrypts_and_authenticates_separately() -> None:
+    plaintext = mixed_data(100_000, seed=5)
+    header, ciphertext, code = winzip_aes_256(b"pin", bytes(range(16)), plaintext)
+    decrypter = archive_aes.AesDecrypter("m.sql", b"pin", 3, header)
+    decrypted = decrypter.decrypt(ciphertext[:4097]) + decrypter.decrypt(ciphertext[4097:])
+    assert decrypted == plaintext, "pyzipper's AESZipDecrypter.decypter no longer decrypts WinZip AES-CTR"
+    decrypter.authenticate(ciphertext[:1000])
+    decrypter.authenticate(ciphertext[1000:])
+    decrypter.verify(code)  # decrypt() added nothing to the MAC: it covers exactly what was authenticated
+
+    one_byte_more = archive_aes.AesDecrypter("m.sql", b"pin", 3, header)
+    one_byte_more.authenticate(ciphertext + b"P")
+    with pytest.raises(CorruptArchiveError) as caught:
+        one_byte_more.verify(code)
+    assert str(caught.value) == "read zip 'm.sql': HMAC mismatch (data altered)"
+    with pytest.raises(WrongPasswordError) as wrong:
+        archive_aes.AesDecrypter("m.sql", password_not_matching(header, b"pin"), 3, header)
+    assert str(wrong.value) == "read zip 'm.sql': wrong password"
+    with pytest.raises(CorruptArchiveError, match=r"^read zip 'm.sql': truncated AES header$"):
+        archive_aes.AesDecrypter("m.sql", b"pin", 3, header[:17])
 
 
-@pytest.mark.usefixtures("eight_cpus")
-@pytest.mark.parametrize(
-    ("files", "membership", "expected"),
-    [
-        ({}, "0::/\n", 8),
-        ({"cpu.max": "max 100000\n"}, "0::/\n", 8),
-        ({"cpu.max": "150000 100000\n"}, "0::/\n", 2),
-        ({"cpu.max": "1000 100000\n"}, "0::/\n", 1),
-        ({"cpu.max": "400000 100000\n"}, "0::/\n", 4),
-        ({"a/cpu.max": "300000 100000", "a/b/cpu.max": "max 100000"}, "0::/a/b\n", 3),
-        ({"a/cpu.max": "max 100000", "a/b/cpu.max": "250000 100000"}, "0::/a/b\n", 3),
-        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, "", 8),
-        ({"cpu/cpu.cfs_quota_us": "200000", "cpu/cpu.cfs_period_us": "100000"}, "", 2),
-        ({"cpu,cpuacct/cpu.cfs_quota_us": "50000", "cpu,cpuacct/cpu.cfs_period_us": "100000"}, "", 1),
-        ({"cpu.max": "garbage"}, "0::/\n", 8),
-    ],
-)
-def test_available_cpus_respects_cgroup_quota(
-    tmp_path: Path, files: dict[str, str], membership: str, expected: int
+def test_aes_encrypter_writes_winzip_aes_256() -> None:
+    plaintext = mixed_data(50_000, seed=6)
+    encrypter = archive_aes.AesEncrypter(b"pin")
+    header = encrypter.header()
+    ciphertext = encrypter.encrypt(plaintext[:777]) + encrypter.encrypt(plaintext[777:])
+    assert (header, ciphertext, encrypter.auth_code()) == winzip_aes_256(b"pin", header[:16], plaintext)
+
+
+@pytest.mark.parametrize("strength", [0, 4])
+def test_unknown_aes_strength_is_corrupt(strength: int) -> None:
+    with pytest.raises(CorruptArchiveError) as caught:
+        archive_aes.header_length("m.sql", strength)
+    assert str(caught.value) == f"read zip 'm.sql': unknown AES strength {strength}"
+
+
+@pytest.mark.parametrize(("attribute", "method"), [("decypter", "decrypt"), ("hmac", "update"), ("hmac", "digest")])
+def test_a_pyzipper_without_the_private_api_fails_with_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, attribute: str, method: str
 ) -> None:
-    assert available_cpus(**cgroup(tmp_path, files, membership)) == expected
+    class MovedDecrypter(archive_aes.AESZipDecrypter):  # type: ignore[misc]
+        """A pyzipper release that renamed or reshaped the attribute the reader drives."""
+
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)
+            kept = getattr(self, attribute)
+            others = {name: getattr(kept, name) for name in ("decrypt", "update", "digest") if hasattr(kept, name)}
+            setattr(self, attribute, types.SimpleNamespace(**{k: v for k, v in others.items() if k != method}))
+
+    archive, _ = write_archive(mixed_data(10_000), threads=1, password=b"pw")
+    monkeypatch.setattr(archive_aes, "AESZipDecrypter", MovedDecrypter)
+    with pytest.raises(ArchiveError) as caught:
+        MemberReader(io.BytesIO(archive), b"pw")
+    assert type(caught.value) is ArchiveError
+    assert str(caught.value) == (
+        f"read zip {NAME!r}: pyzipper {pyzipper.__version__} has no AESZipDecrypter.{attribute}.{method}(), "
+        "which pgbkp's streaming AES reader drives (pgbkp/archive/aes.py). "
+        "Fix: install pyzipper>=0.4.0,<0.5, as pyproject.toml requires"
+    )
 
 
-def test_available_cpus_respects_affinity(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
-    assert available_cpus(**cgroup(tmp_path, {"cpu.max": "400000 100000"})) == 1
-
-
-def test_available_cpus_on_this_machine_is_sane() -> None:
-    assert 1 <= available_cpus() <= (os.cpu_count() or 1)
+def test_pyzipper_is_within_the_range_the_adapter_was_checked_on() -> None:
+    dependencies = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    assert [d for d in dependencies if d.startswith("pyzipper")] == ["pyzipper" + archive_aes.PYZIPPER_RANGE], (
+        "pyproject.toml must require exactly pgbkp.archive.aes.PYZIPPER_RANGE: widen both together, "
+        "after the AES adapter tests pass on the new pyzipper"
+    )
+    installed = importlib.metadata.version("pyzipper")
+    assert installed in SpecifierSet(archive_aes.PYZIPPER_RANGE), (
+        f"pyzipper {installed} is installed; pgbkp.archive.aes was checked on pyzipper{archive_aes.PYZIPPER_RANGE}"
+    )

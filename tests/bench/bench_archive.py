@@ -1,18 +1,21 @@
-"""Throughput and size of ZipStreamWriter by level x threads, on dump-like text.
+"""Throughput and size of ZipStreamWriter by level x threads, on dump-like text; with --read, of the reader too.
 
-    python tests/bench/bench_archive.py --threads 1,2,4 --level 1,3,6,9 --mb 200 [--source pipe]
+    python tests/bench/bench_archive.py --threads 1,2,4 --level 1,3,6,9 --mb 200 [--source pipe] [--read]
 
 The input imitates ``pg_dump`` COPY rows (ids, uuids, timestamps, amounts, words from a skewed
 vocabulary, emails): about 3:1 with zlib level 6, not repeated filler. A 16 MiB corpus is generated
 once and cycled; deflate looks back only 32 KiB, so cycling does not help it. ``--source memory``
 feeds 1 MiB slices from memory (measures the writer alone); ``--source pipe`` reads 1 MiB chunks
 from a child process writing to a pipe, like the pipeline reads pg_dump (the child costs CPU too).
-MB are 10^6 bytes of input; the sink counts and drops the output.
+MB are 10^6 bytes of input; the sink counts and drops the output. ``cpu s`` is the process's CPU time
+(all threads): on a shared machine it moves less than the wall-clock MB/s. ``--read`` writes each
+level's archive once into memory and times ``MemberReader`` over it (1 MiB reads, every check on).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import random
 import string
@@ -25,7 +28,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pgbkp.archive import ZipStreamWriter
+from pgbkp.archive import MemberReader, ZipStreamWriter
 
 CHUNK = 1 << 20
 CORPUS_BYTES = 16 << 20
@@ -104,6 +107,7 @@ class Result:
     level: int
     threads: int
     seconds: float
+    cpu_seconds: float
     raw: int
     out: int
 
@@ -115,13 +119,29 @@ class Result:
 def run_one(corpus: bytes, total: int, level: int, threads: int, source: str, password: bytes | None) -> Result:
     sink = CountingSink()
     feed = chunks_from_pipe if source == "pipe" else chunks_from_memory
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     writer = ZipStreamWriter(sink, "bench.sql", level=level, threads=threads, password=password)
     for chunk in feed(corpus, total):
         writer.write(chunk)
     stats = writer.close()
-    seconds = time.perf_counter() - started
-    return Result(level, threads, seconds, stats.raw_bytes, stats.archive_bytes)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return Result(level, threads, seconds, cpu, stats.raw_bytes, stats.archive_bytes)
+
+
+def read_one(corpus: bytes, total: int, level: int, threads: int, password: bytes | None) -> Result:
+    """Write one archive into memory, then time the reader over it alone."""
+    archive = io.BytesIO()
+    with ZipStreamWriter(archive, "bench.sql", level=level, threads=threads, password=password) as writer:
+        for chunk in chunks_from_memory(corpus, total):
+            writer.write(chunk)
+        writer.close()
+    archive.seek(0)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    reader = MemberReader(archive, password)
+    for _chunk in reader:
+        pass
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return Result(level, 1, seconds, cpu, reader.raw_bytes, len(archive.getbuffer()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mb", type=int, default=200, help="input size per run, MB")
     parser.add_argument("--source", choices=["memory", "pipe"], default="memory")
     parser.add_argument("--password", default=None, help="encrypt with WinZip AES-256")
+    parser.add_argument("--read", action="store_true", help="also time MemberReader on each level's archive")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.level.split(",")]
     thread_counts = [int(x) for x in args.threads.split(",")]
@@ -143,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         f"corpus: {len(corpus) >> 20} MiB cycled to {args.mb} MB, zlib-6 ratio {gzip_ratio:.2f}:1, "
         f"source={args.source}, aes={'yes' if password else 'no'}"
     )
-    print(f"{'level':>5} {'threads':>7} {'MB/s':>8} {'ratio':>6} {'output bytes':>14} {'seconds':>8}")
+    print(f"{'level':>5} {'threads':>7} {'MB/s':>8} {'ratio':>6} {'output bytes':>14} {'seconds':>8} {'cpu s':>7}")
     results: dict[tuple[int, int], Result] = {}
     for level in levels:
         for threads in thread_counts:
@@ -151,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             results[level, threads] = result
             print(
                 f"{level:>5} {threads:>7} {result.mb_per_s:>8.1f} {result.raw / result.out:>6.2f} "
-                f"{result.out:>14,} {result.seconds:>8.2f}",
+                f"{result.out:>14,} {result.seconds:>8.2f} {result.cpu_seconds:>7.2f}",
                 flush=True,
             )
     base_threads = thread_counts[0]
@@ -164,6 +185,11 @@ def main(argv: list[str] | None = None) -> None:
             f"  level {level}, {threads} threads: x{result.mb_per_s / base.mb_per_s:.2f} throughput, "
             f"size {100 * (result.out - base.out) / base.out:+.3f}%"
         )
+    if args.read:
+        print(f"\nreader (MemberReader, MB/s of dump out):\n{'level':>5} {'MB/s':>8} {'seconds':>8} {'cpu s':>7}")
+        for level in levels:
+            read = read_one(corpus, total, level, max(thread_counts), password)
+            print(f"{level:>5} {read.mb_per_s:>8.1f} {read.seconds:>8.2f} {read.cpu_seconds:>7.2f}", flush=True)
 
 
 if __name__ == "__main__":
