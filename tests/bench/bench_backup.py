@@ -735,7 +735,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.dump_mb, args.small_mb, args.repeat = min(args.dump_mb, 40), min(args.small_mb, 15), 1
     args.thread_counts = [int(t) for t in args.threads.split(",") if t.strip()]
-    from pgbkp.archive import available_cpus
+    from pgbkp.cpus import available_cpus
 
     args.default_threads = available_cpus()
     args.big_db, args.small_db = "bench_big", "bench_small"
