@@ -22,7 +22,8 @@ ENV_EXAMPLE = ROOT / ".env.example"
 #: Variables the example services' own images read (not pg-bkp's).
 IMAGE_VARIABLES = {"POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
 #: What pg-bkp reads that does not belong in a runner's .env: the Lambda edge and its secret lookups.
-LAMBDA_ONLY = {"AWS_LAMBDA_FUNCTION_NAME", "POWERTOOLS_SERVICE_NAME", "SECRETS_MAX_AGE_SECONDS"}
+LAMBDA_ONLY = {"AWS_LAMBDA_FUNCTION_NAME", "POWERTOOLS_SERVICE_NAME"} | {
+    v.name for v in config.VARIABLES if v.group == "lambda"}
 LAMBDA_ONLY_PATTERNS = {r"[A-Z0-9_]+_SECRET_ID"}
 #: Locale variables taken out of psql's environment (so its messages can be recognised): not settings.
 CHILD_LOCALE = {"LC_ALL", "LANGUAGE"}
@@ -61,6 +62,8 @@ def env_names_read_by_the_code() -> set[str]:
             elif isinstance(node, ast.Subscript) and is_env(node.value) and isinstance(node.ctx, ast.Load):
                 candidates.append(node.slice)
             found |= {p for p in map(pattern, candidates) if p and re.fullmatch(r"[A-Z0-9_\[\]+\\-]+", p)}
+    # pgbkp.config reads its own variables by each row's name (config/variables.py), not as literals.
+    found |= {re.escape(v.name) for v in config.VARIABLES if v.read_by == "config"}
     return found
 
 

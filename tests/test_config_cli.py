@@ -30,6 +30,11 @@ def run(extra: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
+def message(line: str) -> str:
+    """A log line's message: JSON once logging is set up (LOG_FORMAT=json), plain text before."""
+    return str(json.loads(line)["message"]) if line.startswith("{") else line
+
+
 CASES = [
     pytest.param(
         {"PG_URLS": f"prod|bkt-1|http://h:9000|{S3_SECRET}|access|{URL}"},
@@ -93,8 +98,8 @@ def test_short_zip_password_warns_once_and_garbles_nothing() -> None:
     out = run({"PG_URLS": "backups|postgres://u:pw@127.0.0.1:1/db", "ZIP_PASSWORD": "backup"})
     assert out.returncode == 1, out.stderr  # the run failed (no server), the configuration was fine
     lines = out.stderr.splitlines()
-    assert lines[0] == ("ZIP_PASSWORD: shorter than 12 characters, so anyone holding an archive can guess it "
-                        "offline. Fix: use a passphrase of 12 characters or more.")
+    assert message(lines[0]) == ("ZIP_PASSWORD: shorter than 12 characters, so anyone holding an archive can guess "
+                                 "it offline. Fix: use a passphrase of 12 characters or more.")
     assert sum("ZIP_PASSWORD" in line for line in lines) == 1
     record = json.loads(lines[1])
     assert (record["level"], record["connection"], record["message"]) == (
@@ -111,3 +116,13 @@ def test_long_zip_password_does_not_warn() -> None:
     assert out.returncode == 1, out.stderr
     assert "ZIP_PASSWORD" not in out.stderr
     assert json.loads(out.stderr.splitlines()[0])["level"] == "ERROR"  # the run's own first line
+
+
+def test_a_misspelt_variable_is_named_once_without_its_value() -> None:
+    """Issue 12: ZIP_PASSWROD was ignored without a word, and the backups went out unencrypted."""
+    out = run({"PG_URLS": "backups|postgres://u:pw@127.0.0.1:1/db", "ZIP_PASSWROD": S3_SECRET})
+    assert out.returncode == 1, out.stderr  # the run failed (no server), the configuration was fine
+    lines = out.stderr.splitlines()
+    assert message(lines[0]) == "ZIP_PASSWROD is not a pg-bkp setting and is ignored. Did you mean ZIP_PASSWORD?"
+    assert sum("ZIP_PASSWROD" in line for line in lines) == 1
+    assert S3_SECRET not in out.stderr + out.stdout

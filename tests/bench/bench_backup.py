@@ -483,7 +483,7 @@ def _role(name: str) -> str:
 MAIN_ACTIVITIES = (
     ("start-up and planning (imports, botocore models, listing databases, checking the bucket)",
      ("importlib", "loaders.py", "plan (pgbkp/pipeline.py", "check_buckets", "_pg_dump_version",
-      "clean_stale_uploads", "load (pgbkp/config.py")),
+      "clean_stale_uploads", "load (pgbkp/config/loader.py")),
     ("reading pg_dump's pipe (DumpStream.read)", ("DumpStream.read",)),
     ("waiting for the oldest deflate block", ("Future.result", "Condition.wait", "Event.wait")),
     ("handing parts to the upload pool (S3Upload.write)", ("S3Upload.write", "_send_part")),
