@@ -1,10 +1,15 @@
-"""Stand-ins for the two things a test cannot have for real: Lambda's context and Lambda's Invoke API."""
+"""Stand-ins: Lambda's context and Invoke API (a test cannot have them for real), and a dump source
+(pipeline.DumpSource) so that handler, pipeline and runner logic runs on MemoryStorage in milliseconds."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from pgbkp import postgres
+from pgbkp.config import Connection
 
 
 @dataclass
@@ -38,3 +43,76 @@ class FakeLambdaClient:
     @property
     def payloads(self) -> list[dict[str, Any]]:
         return [json.loads(c["Payload"]) for c in self.calls]
+
+
+@dataclass
+class FakeDatabase:
+    """One database of a fake server: what its dump holds, its size on disk (what the Lambda budget
+    estimates from), and, with ``fail``, a dump that raises DumpError once its body has been read."""
+
+    name: str
+    body: bytes = b"-- a dump\n"
+    size: int = 0
+    can_connect: bool = True
+    fail: str | None = None
+
+
+class FakeDump:
+    """A dump handed out ``chunk`` bytes at a time; the source hears of every read and of the close."""
+
+    def __init__(self, source: FakeDumpSource, connection: Connection, db: FakeDatabase,
+                 stop: Callable[[], bool]) -> None:
+        self._source, self._where, self._db, self._stop = source, f"{connection.name}/{db.name}", db, stop
+        self._pos = 0
+        self.reads = 0
+
+    def read(self, size: int) -> bytes:
+        if self._pos >= len(self._db.body):
+            if self._db.fail is not None:
+                raise postgres.DumpError(f"pg_dump {self._db.name!r}: {self._db.fail}; the dump is incomplete")
+            return b""
+        piece = self._db.body[self._pos:self._pos + min(size, self._source.chunk)]
+        self._pos += len(piece)
+        self.reads += 1
+        self._source.events.append(f"read {self._where}")
+        if self._source.on_read is not None:
+            self._source.on_read(self._where, self.reads)
+        return piece
+
+    def __enter__(self) -> FakeDump:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._source.events.append(f"closed {self._where}")
+
+
+@dataclass
+class FakeDumpSource:
+    """pipeline.DumpSource without a server: ``servers`` maps a connection's name to its databases.
+
+    ``events`` records, in order, each listing, dump opened, chunk read and dump closed, so a test can
+    check the order of a run; ``on_read(where, reads)`` is called after each chunk ("main/app", 1, 2...),
+    the hook a test uses to act mid-dump (raise a stop flag, move Lambda's clock)."""
+
+    servers: dict[str, list[FakeDatabase]] = field(default_factory=dict)
+    chunk: int = 4
+    on_read: Callable[[str, int], None] | None = None
+    events: list[str] = field(default_factory=list)
+
+    def databases(self, connection: Connection) -> tuple[postgres.ServerInfo, list[postgres.DatabaseInfo]]:
+        self.events.append(f"list {connection.name}")
+        if connection.name not in self.servers:
+            raise postgres.ConnectError(f"list databases on {connection.pg.display}: cannot reach the server "
+                                        "(fake). Fix: check host, port and network access.")
+        found = sorted(self.servers[connection.name], key=lambda d: d.name)
+        return (postgres.ServerInfo("18.0 (fake)", 180000),
+                [postgres.DatabaseInfo(d.name, d.size if d.can_connect else 0, d.can_connect) for d in found])
+
+    def version(self) -> str:
+        return "18.0 (fake)"
+
+    def dump(self, connection: Connection, database: str, *, stop: Callable[[], bool],
+             lock_wait_timeout: int) -> FakeDump:
+        self.events.append(f"dump {connection.name}/{database}")
+        [db] = [d for d in self.servers[connection.name] if d.name == database]
+        return FakeDump(self, connection, db, stop)

@@ -204,6 +204,7 @@ def test_a_dump_stalled_on_a_lock_still_honours_a_stop(pg: PgCluster, s3: S3Serv
     """pg_dump waiting for a lock writes nothing; the time limit or a shutdown must still end it. The stop
     comes once pg_dump is seen waiting for the lock."""
     from pgbkp import config, pipeline
+    from pgbkp.storage.s3 import S3Storage
 
     bucket = make_bucket(s3)
     cfg = config.load({**s3.env(), "PG_URLS": f"locked|bucket={bucket}|{pg.url()}"})
@@ -216,7 +217,8 @@ def test_a_dump_stalled_on_a_lock_still_honours_a_stop(pg: PgCluster, s3: S3Serv
             waiting.set()
         return waiting.is_set()
 
-    result = pipeline.run(cfg, pipeline.plan(cfg, databases=[locked_db]), should_stop=stop_once_waiting)
+    result = pipeline.run(cfg, pipeline.plan(cfg, databases=[locked_db]), should_stop=stop_once_waiting,
+                          storage_for=pipeline.StorageCache(S3Storage))
     [r] = result.results
     assert waiting.is_set()
     assert r.status == "failed" and "stopped while waiting" in (r.error or "")

@@ -21,6 +21,7 @@ import pytest
 
 from pgbkp import config as config_mod
 from pgbkp import integrity, pipeline
+from pgbkp.storage.s3 import S3Storage
 from tests.helpers import PGBKP, dump_sql, make_bucket, pending_uploads, s3_client
 from tests.s3proxy import running as proxy_running
 from tests.servers import PgCluster, S3Server
@@ -51,7 +52,8 @@ def env_for(pg: PgCluster, s3: S3Server, bucket: str, endpoint: str | None = Non
 
 def backup(env: dict[str, str], database: str, when: datetime = WHEN) -> pipeline.DatabaseResult:
     cfg = config_mod.load(env)
-    (result,) = pipeline.run(cfg, pipeline.plan(cfg, databases=[database], now=when)).results
+    (result,) = pipeline.run(cfg, pipeline.plan(cfg, databases=[database], now=when),
+                             storage_for=pipeline.StorageCache(S3Storage)).results
     return result
 
 
@@ -92,7 +94,8 @@ def test_a_second_run_in_the_same_minute_keeps_the_first_backup(pg: PgCluster, s
         first = backup(env, db)
         before = raw.head_object(Bucket=bucket, Key=first.key)
         cfg = config_mod.load(env)
-        second = pipeline.run(cfg, pipeline.plan(cfg, databases=[db], now=WHEN))
+        second = pipeline.run(cfg, pipeline.plan(cfg, databases=[db], now=WHEN),
+                              storage_for=pipeline.StorageCache(S3Storage))
     assert (first.status, second.results, second.ok) == ("ok", [], True)
     assert second.skipped == [pipeline.Skipped("p", db, (
         f"upload s3://{bucket}/{first.key}: a backup already exists under this key (made in the same minute by "

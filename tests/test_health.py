@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pgbkp import config, health, pipeline, runner, schedule
+from pgbkp import config, health, output, pipeline, runner, schedule
 from tests.helpers import PGBKP, make_bucket
 from tests.servers import PgCluster, S3Server, free_port
 from tests.slowhttp import Dribbler, dribbling
@@ -107,7 +107,7 @@ def test_pings_fail_with_the_error_when_a_database_fails(hc: Recorder, tmp_path:
     def failing(should_stop: Callable[[], bool], observer: pipeline.Observer) -> runner.Outcome:
         rows = [{"connection": "main", "database": "shop", "bucket": "b", "key": "main/shop/x.zip", "status": "failed",
                  "raw_bytes": 0, "object_bytes": 0, "seconds": 0.5, "error": "pg_dump: permission denied"}]
-        return runner.Outcome(1, runner.summarize(rows), rows)
+        return runner.Outcome(1, output.summary_text(rows), rows)
 
     once(failing, health.Pinger(hc.url + "/"), tmp_path)
     base = path_of(hc.url)

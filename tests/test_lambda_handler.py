@@ -22,7 +22,8 @@ import pytest
 from pgbkp import handler_core, keys, lambda_function, settings_secrets
 from pgbkp.config import ConfigError
 from pgbkp.handler_core import BackupFailedError, Edge, EventError
-from pgbkp.pipeline import DatabaseResult, Job, NullObserver
+from pgbkp.pipeline import DatabaseResult, Job, NullObserver, StorageCache
+from pgbkp.storage.s3 import S3Storage
 from tests.fakes import FakeLambdaClient, FakeLambdaContext
 from tests.servers import PgCluster, S3Server
 
@@ -320,7 +321,7 @@ def test_fan_out_outside_lambda_runs_connections_here_one_after_another(
                        f"second|bucket={BUCKET}|{pg.url()}")
     monkeypatch.setenv("IGNORE_DATABASES", ",".join((BIG, BAD, LIMITED_OK, *EVENT_DBS)))
     with pytest.raises(BackupFailedError, match=r"nobucket/hl_one: PG_URLS item 2 \(nobucket\): .*hl-missing") as err:
-        handler_core.handle({})
+        handler_core.handle({}, edge=Edge(storage_for=StorageCache(S3Storage)))
     summary = err.value.summary
     assert client.calls == [] and summary["connections"] == ["main", "nobucket", "second"]
     seen = [(r["connection"], r["database"], r["status"]) for r in summary["results"]
@@ -338,7 +339,7 @@ def test_a_stop_request_leaves_the_rest_not_started(env: dict[str, str], s3: S3S
         def finished(self, job: Job, result: DatabaseResult) -> None:
             stop["now"] = True
 
-    edge = Edge(observers=[StopAfterFirst()], should_stop=lambda: stop["now"])
+    edge = Edge(storage_for=StorageCache(S3Storage), observers=[StopAfterFirst()], should_stop=lambda: stop["now"])
     with pytest.raises(BackupFailedError) as err:
         handler_core.handle({"connection": "main", "databases": ["hl_one", "hl_two"]}, edge=edge)
     one, two = err.value.summary["results"]
@@ -402,7 +403,8 @@ def test_time_out_mid_dump_aborts_the_upload_and_fails_that_database(
     context = FakeLambdaContext(remaining_ms=600_000)
     clock = _ClockJumps(context, s3, after=7 << 20)
     client = FakeLambdaClient()
-    edge = Edge(invoker=lambda_function.make_invoker("pgbkp-test"), observers=[clock])
+    edge = Edge(storage_for=StorageCache(S3Storage), invoker=lambda_function.make_invoker("pgbkp-test"),
+                observers=[clock])
     monkeypatch.setattr(lambda_function, "lambda_client", lambda: client)
 
     with pytest.raises(BackupFailedError) as err:

@@ -12,7 +12,7 @@ from pgbkp import config as config_mod
 from pgbkp import keys, restore
 from tests.helpers import s3_client
 from tests.servers import S3Server
-from tests.test_restore import cli
+from tests.test_restore import cli, s3_store
 
 PREFIX = "lp"
 MAIN, OTHER = "list-main", "list-other"
@@ -85,10 +85,10 @@ def test_list_paginates_filters_and_sorts(s3_server: S3Server, seeded: dict[str,
 
 def test_find_backups_for_one_database(s3_server: S3Server, seeded: dict[str, list[str]]) -> None:
     cfg = config_mod.load(_env(s3_server))
-    found = restore.find_backups(cfg, PREFIX, "app")
+    found = restore.find_backups(cfg, PREFIX, "app", storage=s3_store(cfg))
     assert len(found) == 1050 and found[0].taken == datetime(2024, 11, 1, 23, 0)
     assert found[-1].taken == datetime(2024, 1, 1, 0, 0)
-    assert restore.find_backups(cfg, 0, "nothing-here") == []
+    assert restore.find_backups(cfg, 0, "nothing-here", storage=s3_store(cfg)) == []
 
 
 def test_list_missing_bucket_is_one_clear_error(s3_server: S3Server, seeded: dict[str, list[str]]) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from pgbkp import config, handler_core, keys, pipeline
 from pgbkp.storage.memory import MemoryStorage
+from pgbkp.storage.s3 import S3Storage
 from tests.helpers import all_keys, make_bucket, run_cli
 from tests.servers import PgCluster, S3Server
 
@@ -120,7 +121,8 @@ def test_a_hand_off_naming_a_dropped_database_backs_up_the_rest(
     with pg.temporary_database(f"op_gone_{uuid.uuid4().hex[:8]}") as gone:
         pass  # created, then dropped: as if dropped after the hand-off was sent
     with pg.temporary_database(f"op_here_{uuid.uuid4().hex[:8]}") as here, caplog.at_level(logging.WARNING):
-        summary = handler_core.handle({"connection": "main", "databases": [gone, here]}, config=cfg)
+        summary = handler_core.handle({"connection": "main", "databases": [gone, here]}, config=cfg,
+                                      edge=handler_core.Edge(storage_for=pipeline.StorageCache(S3Storage)))
         assert summary["ok"] is True
         assert [(r["database"], r["status"]) for r in summary["results"]] == [(here, "ok")]
         [skip] = summary["skipped"]
@@ -287,7 +289,8 @@ def test_a_failed_fan_out_is_logged_as_an_error_not_as_dispatched(caplog: pytest
         raise handler_core.DispatchError(f"invoke pgbkp {json.dumps(payload)}: status 500")
 
     with caplog.at_level(logging.INFO, logger="pgbkp"), pytest.raises(handler_core.DispatchError):
-        handler_core.handle({}, config=cfg, edge=handler_core.Edge(invoker=refused))
+        handler_core.handle({}, config=cfg, edge=handler_core.Edge(storage_for=lambda conn: MemoryStorage(),
+                                                                   invoker=refused))
     records = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "pgbkp.handler_core"]
     assert records == [("ERROR", 'fan-out: invoke this function for 2 connection(s) failed: one: invoke pgbkp '
                                  '{"connection": "one"}: status 500; two: invoke pgbkp {"connection": "two"}: '
@@ -306,7 +309,8 @@ def test_every_setting_is_checked_before_any_work() -> None:
     cfg = config.load({"PG_URLS": "postgres://u@127.0.0.1:1/db", "S3_BUCKET": "bkt",
                        "PG_LOCK_WAIT_TIMEOUT_SECONDS": "soon"})
     with pytest.raises(config.ConfigError, match="PG_LOCK_WAIT_TIMEOUT_SECONDS: 'soon' is not a whole number"):
-        handler_core.handle({"connection": 0}, config=cfg)
+        handler_core.handle({"connection": 0}, config=cfg,
+                            edge=handler_core.Edge(storage_for=lambda conn: MemoryStorage()))
 
 
 def test_dry_run_and_real_results_have_one_shape() -> None:
@@ -315,4 +319,4 @@ def test_dry_run_and_real_results_have_one_shape() -> None:
     dry = handler_core.summarize(pipeline.DatabaseResult("c", "d", "b", "k", "dry-run", size_estimate=99))
     assert set(real) == set(dry) == RESULT_KEYS
     assert real["bytes"] == real["object_bytes"] == 5 and dry["size_estimate"] == 99
-    assert real["retention"] == {"deleted": [], "kept": 0}
+    assert real["retention"] == {"deleted": [], "kept": 0, "locked": []}

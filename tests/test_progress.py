@@ -13,6 +13,7 @@ import pytest
 
 from pgbkp import config, pipeline, progress
 from pgbkp.logs import JsonFormatter
+from pgbkp.storage.s3 import S3Storage
 from tests.helpers import make_bucket, run_cli, unique_db
 from tests.servers import PgCluster, S3Server
 
@@ -122,7 +123,8 @@ def test_real_backup_logs_progress_lines_without_control_characters(
         bucket = make_bucket(s3)
         cfg = config.load({**s3.env(), "PG_URLS": f"main|bucket={bucket}|{pg.url()}", "TIMEZONE": "UTC"})
         obs = progress.LogObserver(interval=0.0)  # a line for every chunk and part
-        result = pipeline.run(cfg, pipeline.plan(cfg, databases=[db]), observer=obs)
+        result = pipeline.run(cfg, pipeline.plan(cfg, databases=[db]), observer=obs,
+                              storage_for=pipeline.StorageCache(S3Storage))
         assert result.ok, result.results
         text = captured.getvalue()
         assert not CONTROL.search(text)

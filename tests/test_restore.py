@@ -16,6 +16,7 @@ import pytest
 from pgbkp import config as config_mod
 from pgbkp import integrity, pipeline, postgres, restore
 from pgbkp.storage.memory import MemoryStorage
+from pgbkp.storage.s3 import S3Storage
 from tests.helpers import ROOT, dump_sql, run_cli, s3_client
 from tests.servers import PgCluster, S3Server, free_port
 
@@ -63,6 +64,11 @@ CREATE FUNCTION digits(t text) RETURNS boolean LANGUAGE sql AS $$ SELECT t ~ '
 # Helpers shared by test_list.py and test_verify.py
 
 
+def s3_store(cfg: config_mod.Config, connection: str | int = 0) -> S3Storage:
+    """The store the CLI would build for the connection: restore.* take their storage from the caller."""
+    return S3Storage(cfg.connection(connection).s3)
+
+
 def unique(stem: str) -> str:
     return f"{stem}_{uuid.uuid4().hex[:8]}"
 
@@ -78,7 +84,8 @@ def make_env(pg: PgCluster, s3: S3Server, *, password: str | None = PASSWORD, bu
 
 def run_backup(env: dict[str, str], database: str, now: datetime | None = None) -> pipeline.DatabaseResult:
     cfg = config_mod.load(env)
-    result = pipeline.run(cfg, pipeline.plan(cfg, databases=[database], now=now))
+    result = pipeline.run(cfg, pipeline.plan(cfg, databases=[database], now=now),
+                          storage_for=pipeline.StorageCache(S3Storage))
     assert result.ok, [r.error for r in result.results]
     return result.results[0]
 
@@ -156,8 +163,8 @@ def test_round_trip_plain_into_existing_empty_database(pg: PgCluster, s3: S3Serv
     pg.create_database(target)
     databases.append(target)
     cfg = config_mod.load(env)
-    ref = restore.select_backup(cfg, PREFIX, hostile)
-    result = restore.restore(cfg, PREFIX, ref, target_url(pg, target))
+    ref = restore.select_backup(cfg, PREFIX, hostile, storage=s3_store(cfg))
+    result = restore.restore(cfg, PREFIX, ref, target_url(pg, target), storage=s3_store(cfg))
     assert result.checks == ["ZIP CRC-32", "object SHA-256 (integrity record)"]
     assert result.object_bytes == ref.size and result.sql_bytes > 2_000_000
     assert dump_sql(pg, target) == dump_sql(pg, hostile)
@@ -186,7 +193,8 @@ def test_at_picks_the_newest_backup_at_or_before(pg: PgCluster, s3: S3Server, bu
     cfg = config_mod.load(env)
 
     def pick(at: str) -> str:
-        return restore.select_backup(cfg, PREFIX, src, at=restore.parse_at(at, cfg)).key.rsplit("/", 1)[-1]
+        return restore.select_backup(cfg, PREFIX, src, at=restore.parse_at(at, cfg),
+                                     storage=s3_store(cfg)).key.rsplit("/", 1)[-1]
 
     assert pick("2025-03-01 10:00") == first.key.rsplit("/", 1)[-1]
     assert pick("2025-03-01 23:58") == first.key.rsplit("/", 1)[-1]
@@ -194,9 +202,10 @@ def test_at_picks_the_newest_backup_at_or_before(pg: PgCluster, s3: S3Server, bu
     assert pick("2025-03-02 10:00") == second.key.rsplit("/", 1)[-1]
     assert pick("2025-03-09 00:00") == second.key.rsplit("/", 1)[-1]
     assert pick("2030-01-01T00:00+00:00") == f"{PREFIX}-{src}-00h-00m-10d-03mes-2025y.zip"
-    assert restore.select_backup(cfg, PREFIX, src).key.endswith("00h-00m-10d-03mes-2025y.zip")
+    store = s3_store(cfg)
+    assert restore.select_backup(cfg, PREFIX, src, storage=store).key.endswith("00h-00m-10d-03mes-2025y.zip")
     with pytest.raises(restore.NoBackupError, match="none at or before 2025-02-01 00:00"):
-        restore.select_backup(cfg, PREFIX, src, at=datetime(2025, 2, 1))
+        restore.select_backup(cfg, PREFIX, src, at=datetime(2025, 2, 1), storage=store)
 
     out = cli(env, "restore", "-c", PREFIX, "-d", src, "--at", "2025-03-01 12:00",
               "--target-url", target_url(pg, target), "--create")
@@ -271,9 +280,9 @@ def test_flipped_byte_fails_and_target_is_untouched(pg: PgCluster, s3: S3Server,
                           "last byte": size - 1}.items():
         bad = f"{key}.{offset}"
         _flip(s3, key, offset, bad)
-        ref = restore.select_backup(cfg, PREFIX, key=f"s3://{BUCKET}/{bad}")
+        ref = restore.select_backup(cfg, PREFIX, key=f"s3://{BUCKET}/{bad}", storage=s3_store(cfg))
         with pytest.raises((restore.RestoreError, postgres.PostgresError), match="nothing was committed") as err:
-            restore.restore(cfg, PREFIX, ref, pg.url(target), force=True)
+            restore.restore(cfg, PREFIX, ref, pg.url(target), force=True, storage=s3_store(cfg))
         assert pg.password not in str(err.value), where
         assert user_objects(pg, target) == "public.marker", where
     # and through the command: one line on stderr, exit 1
@@ -299,9 +308,11 @@ def test_a_record_that_lies_is_caught_at_the_end(pg: PgCluster, s3: S3Server, sm
     client.put_object(Bucket=BUCKET, Key=key, Body=body[:at] + lie, Metadata=obj["Metadata"])
     target = _marked_target(pg, databases)
     cfg = config_mod.load(env)
+    store = s3_store(cfg)
     with pytest.raises(restore.IntegrityError, match=r"SHA-256 mismatch.*integrity record says 0{64}.*nothing was "
                        "committed"):
-        restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, src), pg.url(target), force=True)
+        restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, src, storage=store), pg.url(target),
+                        force=True, storage=store)
     assert user_objects(pg, target) == "public.marker"
 
 
@@ -316,8 +327,10 @@ def test_wrong_password_and_missing_password(pg: PgCluster, s3: S3Server, small_
     assert "wrong password" in wrong.stderr and "ZIP_PASSWORD" in wrong.stderr and "Traceback" not in wrong.stderr
     assert target not in pg.databases()  # --create made nothing, or dropped what it made
     cfg = config_mod.load({k: v for k, v in env.items() if k != "ZIP_PASSWORD"})
+    store = s3_store(cfg)
     with pytest.raises(restore.RestoreError, match="password needed"):
-        restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, src), pg.url(target), create=True)
+        restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, src, storage=store), pg.url(target),
+                        create=True, storage=store)
     assert target not in pg.databases()
 
 
@@ -330,7 +343,7 @@ def test_missing_object_and_no_backups(pg: PgCluster, s3: S3Server, small_backup
     assert out.returncode == 1 and "object does not exist" in out.stderr, out.stderr
     cfg = config_mod.load(env)
     with pytest.raises(restore.NoBackupError, match="none in s3://"):
-        restore.select_backup(cfg, PREFIX, "no_such_db")
+        restore.select_backup(cfg, PREFIX, "no_such_db", storage=s3_store(cfg))
     assert target not in pg.databases()
 
 
@@ -341,8 +354,10 @@ def test_unreachable_target(s3: S3Server, pg: PgCluster, small_backup: tuple) ->
     assert out.returncode == 1 and "cannot reach the server" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
     cfg = config_mod.load(env)
+    store = s3_store(cfg)
     with pytest.raises(postgres.ConnectError, match="cannot reach the server"):
-        restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, src), url, create=True)
+        restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, src, storage=store), url, create=True,
+                        storage=store)
 
 
 @pytest.mark.parametrize(("user", "password", "pgpassword", "failure", "fix"), [
@@ -380,20 +395,21 @@ def test_create_force_and_non_empty_targets(pg: PgCluster, s3: S3Server, small_b
                                             databases: list[str]) -> None:
     env, src, _key = small_backup
     cfg = config_mod.load(env)
-    ref = restore.select_backup(cfg, PREFIX, src)
+    store = s3_store(cfg)
+    ref = restore.select_backup(cfg, PREFIX, src, storage=store)
     existing = _marked_target(pg, databases)
     with pytest.raises(restore.TargetError, match="already exists"):
-        restore.restore(cfg, PREFIX, ref, pg.url(existing), create=True)
+        restore.restore(cfg, PREFIX, ref, pg.url(existing), create=True, storage=store)
     out = cli(env, "restore", "-d", src, "--target-url", pg.url(existing))
     assert out.returncode == 1 and "is not empty (1 relations)" in out.stderr and "--force" in out.stderr
     assert user_objects(pg, existing) == "public.marker"
-    restore.restore(cfg, PREFIX, ref, pg.url(existing), force=True)
+    restore.restore(cfg, PREFIX, ref, pg.url(existing), force=True, storage=store)
     assert pg.psql("SELECT count(*) FROM s", existing) == "30000" and pg.psql("SELECT v FROM marker", existing) == "7"
 
     absent = unique("dst_absent")
     databases.append(absent)
     with pytest.raises(restore.TargetError, match=r"does not exist.*--create"):
-        restore.restore(cfg, PREFIX, ref, pg.url(absent))
+        restore.restore(cfg, PREFIX, ref, pg.url(absent), storage=store)
     assert absent not in pg.databases()
 
 
@@ -405,8 +421,10 @@ def test_a_failing_restore_drops_only_what_it_created(pg: PgCluster, s3: S3Serve
     databases.append(target)
     before = set(pg.databases())
     cfg = config_mod.load(env)
+    store = s3_store(cfg)
     with pytest.raises(restore.RestoreError):
-        restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, src), pg.url(target), create=True)
+        restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, src, storage=store), pg.url(target),
+                        create=True, storage=store)
     assert set(pg.databases()) == before
 
 

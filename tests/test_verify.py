@@ -23,6 +23,7 @@ from tests.test_restore import (  # noqa: F401 - planted_source is a fixture
     refused_at,
     refused_line,
     run_backup,
+    s3_store,
     unique,
 )
 
@@ -63,7 +64,7 @@ def two_sources(pg: PgCluster, s3: S3Server, sources: tuple[str, str]) -> tuple[
 def test_verify_good_backups(pg: PgCluster, two_sources: tuple[dict[str, str], str, str]) -> None:
     env, good, other = two_sources
     cfg = config_mod.load(env)
-    results = restore.verify(cfg, PREFIX, [good, other], scratch_url=pg.url("ignored"))
+    results = restore.verify(cfg, PREFIX, [good, other], scratch_url=pg.url("ignored"), storage=s3_store(cfg))
     assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
     first = results[0]
     assert (first.database, first.tables, first.rows) == (good, 5, 1234 + 2 + 20)  # p, p1, p2 count once
@@ -78,7 +79,7 @@ def test_verify_corrupt_backup_fails_and_drops_scratch(pg: PgCluster, s3: S3Serv
                                                         two_sources: tuple[dict[str, str], str, str]) -> None:
     env, good, other = two_sources
     cfg = config_mod.load(env)
-    key = restore.find_backups(cfg, PREFIX, other)[0].key
+    key = restore.find_backups(cfg, PREFIX, other, storage=s3_store(cfg))[0].key
     _flip(s3, key, 400)
     out = cli(env, "verify", "--json")  # every database that has backups
     assert out.returncode == 1, out.stderr
@@ -93,7 +94,7 @@ def test_verify_corrupt_backup_fails_and_drops_scratch(pg: PgCluster, s3: S3Serv
 def test_verify_database_without_backups(pg: PgCluster, two_sources: tuple[dict[str, str], str, str]) -> None:
     env, good, _other = two_sources
     cfg = config_mod.load(env)
-    results = restore.verify(cfg, PREFIX, ["nothing_here", good])
+    results = restore.verify(cfg, PREFIX, ["nothing_here", good], storage=s3_store(cfg))
     assert [r.status for r in results] == ["failed", "ok"]
     assert "no backup found in s3://" in (results[0].error or "")
     out = cli(env, "verify", "-c", PREFIX, "-d", good)
@@ -107,7 +108,8 @@ def test_verify_never_drops_a_database_it_did_not_create(pg: PgCluster, monkeypa
                                                          two_sources: tuple[dict[str, str], str, str]) -> None:
     env, good, other = two_sources
     monkeypatch.setattr(restore, "scratch_name", lambda _db: other)  # as if the random name were taken
-    results = restore.verify(config_mod.load(env), PREFIX, [good])
+    cfg = config_mod.load(env)
+    results = restore.verify(cfg, PREFIX, [good], storage=s3_store(cfg))
     assert results[0].status == "failed" and "already exists" in (results[0].error or "")
     assert other in pg.databases() and pg.psql("SELECT count(*) FROM c", other) == "30000"
 
@@ -141,7 +143,8 @@ def test_verify_reports_only_its_own_failure_on_a_scratch_server_it_cannot_use(
     env, good, _other = two_sources
     monkeypatch.setattr(restore, "scratch_name", lambda _db: "pgbkp_verify_fixed")
     port = pg.port if scratch == "wrong password" else free_port()
-    [result] = restore.verify(config_mod.load(env), PREFIX, [good],
+    cfg = config_mod.load(env)
+    [result] = restore.verify(cfg, PREFIX, [good], storage=s3_store(cfg),
                               scratch_url=f"postgresql://{pg.user}:wrong-pw-4711@127.0.0.1:{port}/ignored")
     where = f"look for the database on {pg.user}@127.0.0.1:{port}/pgbkp_verify_fixed"
     assert result.status == "failed"
@@ -169,7 +172,8 @@ def test_verify_reports_a_scratch_database_left_behind_once(pg: PgCluster, monke
     monkeypatch.setattr(restore, "adapt_header", fail)  # after the scratch database was made
     monkeypatch.setattr(postgres, "drop_database", cannot_drop)
     try:
-        [result] = restore.verify(config_mod.load(env), PREFIX, [good])
+        cfg = config_mod.load(env)
+        [result] = restore.verify(cfg, PREFIX, [good], storage=s3_store(cfg))
         assert result.status == "failed"
         assert result.error == (f"injected failure; nothing was committed to {pg.user}@127.0.0.1:{pg.port}/"
                                 "pgbkp_verify_left; the database 'pgbkp_verify_left' it created could not be "

@@ -2,7 +2,11 @@
 (found before any work), 128 + N when signal N (SIGINT 130, SIGTERM 143, SIGHUP 129) stopped a run.
 
 ``pgbkp backup`` is a thin edge over :func:`pgbkp.handler_core.handle`, the path ``pgbkp serve`` and the
-Lambda function take too, so all three behave alike and report one result shape.
+Lambda function take too, so all three behave alike and report one result shape. Like them, it chooses
+the store (S3) and passes it down.
+
+The other commands are registered here by name (``restore_cli``: list, restore, verify; ``runner``: serve,
+health): a dependency they miss fails ``pgbkp`` loudly instead of silently dropping a command.
 
 Users never see a traceback: every known failure is one line that says what to fix
 (LOG_LEVEL=DEBUG shows the traceback of an unexpected one).
@@ -16,18 +20,20 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pgbkp import __version__, logs
+from pgbkp import __version__, handler_core, health, logs, progress, restore_cli, runner
 from pgbkp.config import Config, ConfigError, load
+from pgbkp.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_selection, size, summary_text, table
+from pgbkp.pipeline import StorageCache
 from pgbkp.redact import redact
+from pgbkp.storage.s3 import S3Storage
 
 log = logging.getLogger("pgbkp.cli")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: The signals that stop ``pgbkp backup`` cleanly: no new database, the one in flight aborted.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 EXIT_CODES = ("Exit codes: 0 all good, 1 some backup failed (the others still ran), 2 configuration or usage "
@@ -36,23 +42,6 @@ EXIT_CODES = ("Exit codes: 0 all good, 1 some backup failed (the others still ra
 
 class UsageError(Exception):
     """Wrong command-line use; exits 2 like a configuration error."""
-
-
-def human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
-
-
-def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
-    lines += [fmt.format(*map(str, r)) for r in rows]
-    return "\n".join(lines)
 
 
 def print_summary(summary: Mapping[str, Any], out: Any = None, *, errors: bool = True) -> None:
@@ -65,9 +54,9 @@ def print_summary(summary: Mapping[str, Any], out: Any = None, *, errors: bool =
     for r in summary.get("results", []):
         where = f"s3://{r['bucket']}/{r['key']}" if r["key"] else "-"
         if r["status"] == "dry-run":  # nothing was dumped: all we know is the size on disk
-            dumped, stored, seconds = f"~{human(r['size_estimate'])} on disk (estimate)", "-", "-"
+            dumped, stored, seconds = f"~{size(r['size_estimate'])} on disk (estimate)", "-", "-"
         else:
-            dumped, stored, seconds = human(r["raw_bytes"]), human(r["object_bytes"]), f"{r['seconds']:.1f}"
+            dumped, stored, seconds = size(r["raw_bytes"]), size(r["object_bytes"]), f"{r['seconds']:.1f}"
         rows.append([f"{r['connection']}/{r['database']}", where, dumped, stored, seconds, r["status"]])
     for s in summary.get("skipped", []):
         rows.append([f"{s['connection']}/{s['database']}", "-", "-", "-", "-", "skipped"])
@@ -95,8 +84,6 @@ class _StopFlag:
     written by the main thread the next time the pipeline asks whether to stop (it asks every chunk)."""
 
     def __init__(self) -> None:
-        from pgbkp import health
-
         self.alarm = health.Alarm()
         self.signum: int | None = None
         self._said = False
@@ -141,8 +128,6 @@ def add_log_file(config: Config) -> Path | None:
 
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     """Back up through the handler (as ``serve`` and Lambda do), with the runner's pings and log file."""
-    from pgbkp import handler_core, health, runner
-
     add_log_file(config)
     pinger = health.Pinger(config.env.get("HEALTHCHECK_URL"))  # checked even for a dry run...
     if args.dry_run:
@@ -150,9 +135,9 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     request = handler_core.Request(connections=tuple(args.connection or ()),
                                    databases=tuple(dict.fromkeys(args.database)) if args.database else None,
                                    dry_run=args.dry_run)
-    observer = _progress_observer()
     stop = _StopFlag()
-    edge = handler_core.Edge(observers=[observer] if observer else [], should_stop=stop.is_set)
+    edge = handler_core.Edge(storage_for=StorageCache(S3Storage), observers=[progress.make_observer()],
+                             should_stop=stop.is_set)
     with stop.installed():
         pinger.start("pgbkp backup started")
         try:
@@ -165,7 +150,7 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
         except Exception as exc:
             pinger.fail(redact(f"error: {type(exc).__name__}: {exc}"))
             raise
-    body = runner.summarize(list(summary.get("results", [])))
+    body = summary_text(list(summary.get("results", [])))
     (log.info if code == EXIT_OK else log.error)("backup %s: %s", "done" if code == EXIT_OK else "failed",
                                                   body.splitlines()[0])
     (pinger.success if code == EXIT_OK else pinger.fail)(body)
@@ -185,25 +170,6 @@ def console_format(config: Config | None) -> str:
     """The console log format in effect: LOG_FORMAT, else text on a terminal and JSON elsewhere."""
     chosen = config.log_format if config else None
     return chosen or ("text" if sys.stderr.isatty() else "json")
-
-
-def _progress_observer() -> Any:
-    """Progress bars on a terminal, periodic lines elsewhere (pgbkp.progress), if available."""
-    try:
-        from pgbkp import progress
-    except ImportError:
-        return None
-    return progress.make_observer()
-
-
-def add_selection(parser: argparse.ArgumentParser, *, databases: str = "append") -> None:
-    """The --connection/--database options every command that picks databases shares.
-
-    ``databases="store"`` takes one database instead of a repeatable list."""
-    parser.add_argument("--connection", "-c", action="append", metavar="NAME",
-                        help="only this connection (its prefix or host, or 0-based index); repeatable")
-    parser.add_argument("--database", "-d", action=databases, metavar="DB",
-                        help="only this database" + ("; repeatable" if databases == "append" else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,27 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "Lambda function returns")
     b.set_defaults(func=cmd_backup)
 
-    for register in EXTRA_COMMANDS:
-        register(sub)
+    restore_cli.register(sub)  # list, restore, verify
+    runner.register(sub)  # serve, health
     return parser
 
 
-#: Other modules add their subcommands here (list, restore, verify, serve, health).
-EXTRA_COMMANDS: list[Callable[[Any], None]] = []
-
-
-def _load_extra_commands() -> None:
-    for name in ("pgbkp.restore_cli", "pgbkp.runner"):
-        try:
-            module = __import__(name, fromlist=["register"])
-        except ImportError:
-            continue
-        if hasattr(module, "register") and module.register not in EXTRA_COMMANDS:
-            EXTRA_COMMANDS.append(module.register)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    _load_extra_commands()
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"

@@ -26,6 +26,10 @@ nothing raises for one database or connection: each failure is a failed result, 
 ``pgbkp backup`` passes a :class:`Request` instead of an event: the same path, plus what only a command
 line can ask for (several connections, ``--dry-run``). No JSON event can carry those.
 
+The store is the caller's: its :class:`Edge` says which storage each connection uses (the edges pass
+``pipeline.StorageCache(S3Storage)``, tests a memory store), and may replace pg_dump with another
+``pipeline.DumpSource``. Nothing here knows S3 or starts a process.
+
 The 15-minute limit: before each database but the first of an invocation, if the time left is below
 ``TIME_SAFETY_MARGIN_SECONDS`` (120) plus the database's size on disk at ``TIME_ESTIMATE_MB_PER_SECOND``
 (10), the rest is handed to a fresh invocation ``{"connection": name, "databases": [rest]}``. The first
@@ -44,8 +48,10 @@ from typing import Any, Protocol
 
 from pgbkp import pipeline
 from pgbkp.config import Config, ConfigError, Connection, load, parse_int
-from pgbkp.pipeline import DatabaseResult, Job, MultiObserver, NullObserver, Observer
+from pgbkp.output import OK_STATUSES
+from pgbkp.pipeline import DatabaseResult, DumpSource, Job, MultiObserver, NullObserver, Observer
 from pgbkp.redact import redact
+from pgbkp.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +149,13 @@ class Invoker(Protocol):
 
 @dataclass
 class Edge:
-    """What the caller plugs in. The defaults are the local runner's: no Lambda, no Powertools."""
+    """What the caller plugs in: the store, and what differs between Lambda, ``pgbkp serve`` and
+    ``pgbkp backup``. Beyond the store, the defaults are the local runner's: no Lambda, no Powertools."""
 
+    #: The store of each connection; the edge chooses it (``pipeline.StorageCache(S3Storage)``).
+    storage_for: Callable[[Connection], Storage]
+    #: Where dumps and database lists come from; None: pg_dump and psql (``pipeline.PgDumpSource``).
+    source: DumpSource | None = None
     invoker: Invoker | None = None
     observers: Sequence[Observer] = ()
     #: Wraps each pipeline stage (Lambda: ``tracer.capture_method``).
@@ -218,9 +229,6 @@ class _Budget(NullObserver):
         self.current = None
 
 
-OK_STATUSES = ("ok", "dry-run")
-
-
 def summarize(result: DatabaseResult) -> dict[str, Any]:
     """One database's entry in the result, the same for Lambda, ``pgbkp serve`` and ``pgbkp backup --json``
     (README.md, "Result"): ``DatabaseResult.as_dict()`` (connection, database, bucket, key, status,
@@ -238,16 +246,16 @@ def summarize(result: DatabaseResult) -> dict[str, Any]:
     }
 
 
-def handle(event: object, context: Any = None, *, config: Config | None = None,
-           env: Mapping[str, str] | None = None, edge: Edge | None = None) -> dict[str, Any]:
+def handle(event: object, context: Any = None, *, edge: Edge, config: Config | None = None,
+           env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Run one event and return its JSON-able summary; raise BackupFailedError if any database failed.
 
     ``config`` is loaded from ``env`` (default: the process environment) unless given. ``context`` is
-    Lambda's (anything with ``get_remaining_time_in_millis``) or None for no time limit.
+    Lambda's (anything with ``get_remaining_time_in_millis``) or None for no time limit. ``edge`` is the
+    caller's: its store, observers and stop request.
     """
     request = parse_event(event)
     config = config or load(env)
-    edge = edge or Edge()
     # Every setting a run reads is checked here, before any work: a mistake is a ConfigError (exit 2).
     limits = TimeLimits.from_env(config.env)
     pipeline.lock_wait_timeout(config)
@@ -312,9 +320,12 @@ def _backup_connection(config: Config, conn: Connection, request: Request, conte
     """Plan and run one connection; returns its results, the jobs the time budget did not start, and the
     databases skipped."""
     budget = _Budget(context, limits) if context is not None else None
-    the_plan = edge.wrap(pipeline.plan)(config, connections=[conn.index], databases=request.databases)
+    the_plan = edge.wrap(pipeline.plan)(config, connections=[conn.index], databases=request.databases,
+                                        source=edge.source)
     run = edge.wrap(pipeline.run)(
         config, the_plan,
+        storage_for=edge.storage_for,
+        source=edge.source,
         observer=MultiObserver([budget, *edge.observers] if budget else edge.observers),
         should_stop=lambda: edge.should_stop() or (budget is not None and budget.should_stop()),
         before_job=budget.before_job if budget else lambda job, rest: True,
@@ -386,7 +397,7 @@ def _verify(config: Config, conn: Connection, databases: Sequence[str] | None, e
 
     with edge.scope({"connection": conn.name}):
         results = edge.wrap(restore.verify)(config, conn, databases=list(databases) if databases else None,
-                                            scratch_url=None)
+                                            scratch_url=None, storage=edge.storage_for(conn))
     rows = [r.as_dict() for r in results]
     summary = {"ok": bool(rows) and all(r.ok for r in results), "action": "verify", "connections": [conn.name],
                "results": rows}

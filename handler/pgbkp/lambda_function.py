@@ -30,8 +30,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pgbkp import handler_core, settings_secrets
 from pgbkp.config import ConfigError
 from pgbkp.logs import RedactingFilter
-from pgbkp.pipeline import DatabaseResult, Job, NullObserver
+from pgbkp.pipeline import DatabaseResult, Job, NullObserver, StorageCache
 from pgbkp.redact import redact
+from pgbkp.storage.s3 import S3Storage
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "pgbkp"
 NAMESPACE = "pgbkp"
@@ -154,13 +155,14 @@ def report(result: DatabaseResult) -> None:
 
 
 def edge(env: Mapping[str, str], context: Any) -> handler_core.Edge:
-    """The Lambda edge: an invoker when really in Lambda, tracing, metrics, log keys."""
+    """The Lambda edge: the S3 store (one client per distinct S3 settings, per invocation), an invoker when
+    really in Lambda, tracing, metrics, log keys."""
     invoker = None
     if handler_core.running_in_lambda(env):
         name = getattr(context, "function_name", None) or env["AWS_LAMBDA_FUNCTION_NAME"]
         invoker = make_invoker(name)
-    return handler_core.Edge(invoker=invoker, observers=[EdgeObserver()], wrap=tracer.capture_method,
-                             report=report, scope=log_keys)
+    return handler_core.Edge(storage_for=StorageCache(S3Storage), invoker=invoker, observers=[EdgeObserver()],
+                             wrap=tracer.capture_method, report=report, scope=log_keys)
 
 
 @logger.inject_lambda_context(clear_state=True)

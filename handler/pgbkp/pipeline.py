@@ -1,8 +1,12 @@
 """The backup pipeline: plan the jobs, stream each database pg_dump -> ZIP -> S3, then apply retention.
 
-This is the one place that knows the order of things. The CLI, the Lambda handler and the local runner
-all call :func:`plan` and :func:`run`; the modules below (config, postgres, archive, storage, keys,
-retention) know nothing of each other's work.
+This is the one place that knows the order of things. ``handler_core.handle`` (behind the CLI, the
+Lambda function and the local runner) calls :func:`plan` and :func:`run`; the modules below (config,
+postgres, archive, storage, keys, retention) know nothing of each other's work.
+
+Both ends are passed in: the store as ``storage_for`` (the edges build it: S3 in production, memory in
+tests) and PostgreSQL as a :class:`DumpSource` (pg_dump and psql by default, a fake in tests), so the
+order, budget, signals and retention of a run can be tested without a server.
 """
 
 from __future__ import annotations
@@ -11,16 +15,18 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from pgbkp import __version__, integrity, keys, postgres, retention
 from pgbkp.archive import ZipStreamWriter
-from pgbkp.config import Config, Connection, parse_int
+from pgbkp.config import Config, Connection, S3Settings, parse_int
+from pgbkp.output import OK_STATUSES
 from pgbkp.redact import redact
 from pgbkp.storage import ObjectExistsError, ObjectInfo, Storage, StorageError
-from pgbkp.storage.s3 import S3Storage
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +109,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return all(r.status in ("ok", "dry-run") for r in self.results)
+        return all(r.status in OK_STATUSES for r in self.results)
 
     @property
     def failed(self) -> list[DatabaseResult]:
@@ -159,16 +165,62 @@ class MultiObserver:
 
 
 class StorageCache:
-    """One storage client per distinct S3 settings, shared by the connections that use them."""
+    """``storage_for``: one store per distinct S3 settings, shared by the connections that use them (an S3
+    client costs a start-up). The edges pass ``StorageCache(S3Storage)``; only they know S3."""
 
-    def __init__(self, factory: Callable[[Any], Storage] = S3Storage) -> None:
+    def __init__(self, factory: Callable[[S3Settings], Storage]) -> None:
         self._factory = factory
-        self._made: dict[Any, Storage] = {}
+        self._made: dict[S3Settings, Storage] = {}
 
     def __call__(self, connection: Connection) -> Storage:
         if connection.s3 not in self._made:
             self._made[connection.s3] = self._factory(connection.s3)
         return self._made[connection.s3]
+
+
+class DumpReader(Protocol):
+    """A dump being read: ``read()`` returns b"" only once the whole dump has been read, and raises
+    (postgres.DumpError) when the dump failed, so a truncated dump never looks complete."""
+
+    def read(self, size: int) -> bytes: ...
+
+
+class DumpSource(Protocol):
+    """What a backup asks of PostgreSQL: which databases a connection has, pg_dump's version (for the
+    object's metadata), and one database's dump. :class:`PgDumpSource` runs psql and pg_dump; tests pass
+    a fake (tests/fakes.py)."""
+
+    def databases(self, connection: Connection) -> tuple[postgres.ServerInfo, list[postgres.DatabaseInfo]]:
+        """Raises postgres.PostgresError when the connection cannot be listed."""
+        ...
+
+    def version(self) -> str: ...
+
+    def dump(self, connection: Connection, database: str, *, stop: Callable[[], bool],
+             lock_wait_timeout: int) -> AbstractContextManager[DumpReader]:
+        """The dump of ``database``; ``stop`` is polled while it waits (a stalled dump must still stop)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PgDumpSource:
+    """The real source: psql lists the databases, pg_dump dumps them (postgres.DumpStream)."""
+
+    bindir: Path | None = None  # PG_BIN_DIR
+
+    def databases(self, connection: Connection) -> tuple[postgres.ServerInfo, list[postgres.DatabaseInfo]]:
+        return postgres.list_databases(connection.pg, bindir=self.bindir)
+
+    def version(self) -> str:
+        try:
+            return postgres.client_version("pg_dump", self.bindir)
+        except Exception:  # the dump itself will report a missing pg_dump clearly
+            return "unknown"
+
+    def dump(self, connection: Connection, database: str, *, stop: Callable[[], bool],
+             lock_wait_timeout: int) -> postgres.DumpStream:
+        return postgres.DumpStream(connection.pg, database, bindir=self.bindir, stop=stop,
+                                   lock_wait_timeout=lock_wait_timeout)
 
 
 def _ctx(job: Job) -> dict[str, Any]:
@@ -191,20 +243,23 @@ def plan(
     connections: Sequence[str | int] | None = None,
     databases: Sequence[str] | None = None,
     now: datetime | None = None,
+    source: DumpSource | None = None,
 ) -> Plan:
     """List each selected connection's databases and decide bucket and key for each.
 
     One database or connection never stops the others: a connection that cannot be listed, a database
     the user may not CONNECT to, or one without a bucket becomes a failed result; an ignored database,
     or a requested one that does not exist (dropped since a hand-off named it), is skipped with a warning.
+    ``source`` lists the databases (default: psql, :class:`PgDumpSource`).
     """
+    source = source or PgDumpSource(config.pg_bindir)
     now = (now or datetime.now(UTC)).astimezone(config.timezone).replace(tzinfo=None, second=0, microsecond=0)
     selected = [config.connection(c) for c in connections] if connections else list(config.connections)
     out = Plan()
     for conn in selected:
         item = f"PG_URLS item {conn.index + 1} ({conn.name})"
         try:
-            server, found = postgres.list_databases(conn.pg, bindir=config.pg_bindir)
+            server, found = source.databases(conn)
         except postgres.PostgresError as exc:
             msg = f"{item}: field 'url': {exc}"
             log.error(msg, extra={"connection": conn.name})
@@ -332,9 +387,11 @@ def backup_database(
     observer: Observer | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     pg_dump_version: str = "",
+    source: DumpSource | None = None,
 ) -> DatabaseResult:
     """Stream one database into one object. On any failure: no object, no pending upload, an error."""
     observer = observer or NullObserver()
+    source = source or PgDumpSource(config.pg_bindir)
     result = DatabaseResult(job.connection.name, job.database, job.bucket, job.key)
     started = time.monotonic()
     observer.started(job)
@@ -348,8 +405,8 @@ def backup_database(
                                 on_progress=lambda n: observer.uploaded(job, n), should_stop=should_stop,
                                 retain_until=retain_until(config, job))
         password = config.zip_password.reveal().encode() if config.zip_password else None
-        with postgres.DumpStream(job.connection.pg, job.database, bindir=config.pg_bindir, stop=should_stop,
-                                 lock_wait_timeout=lock_wait_timeout(config)) as dump:
+        with source.dump(job.connection, job.database, stop=should_stop,
+                         lock_wait_timeout=lock_wait_timeout(config)) as dump:
             writer = ZipStreamWriter(upload, keys.member_name(job.key), password=password,
                                      level=config.compression_level, threads=config.compression_threads,
                                      mtime=job.when)
@@ -497,7 +554,8 @@ def run(
     config: Config,
     the_plan: Plan,
     *,
-    storage_for: Callable[[Connection], Storage] | None = None,
+    storage_for: Callable[[Connection], Storage],
+    source: DumpSource | None = None,
     observer: Observer | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     before_job: Callable[[Job, list[Job]], bool] = lambda job, rest: True,
@@ -506,9 +564,10 @@ def run(
     """Back up every planned job in order, each followed by its own retention.
 
     ``before_job(job, remaining)`` may return False to stop before a job starts (Lambda's time budget);
-    the jobs not started are returned in ``RunResult.deferred``.
+    the jobs not started are returned in ``RunResult.deferred``. ``storage_for`` gives each connection's
+    store (the caller builds it); ``source`` dumps the databases (default: pg_dump).
     """
-    storage_for = storage_for or StorageCache()
+    source = source or PgDumpSource(config.pg_bindir)
     out = RunResult(results=list(the_plan.failures), skipped=list(the_plan.skipped))
     bad_buckets = check_buckets(the_plan.jobs, storage_for)
     jobs = []
@@ -519,7 +578,7 @@ def run(
         else:
             out.results.append(DatabaseResult(job.connection.name, job.database, job.bucket, job.key,
                                               error=error, size_estimate=job.size_estimate))
-    versions: dict[str, str] = {}
+    pg_dump_version: str | None = None
     for i, job in enumerate(jobs):
         if should_stop() or not before_job(job, jobs[i:]):
             out.deferred = jobs[i:]
@@ -535,10 +594,10 @@ def run(
             result.retention = _safe_retention(config, job, after, job.key, result, dry_run=True)
             out.results.append(result)
             continue
-        if "pg_dump" not in versions:
-            versions["pg_dump"] = _pg_dump_version(config)
+        if pg_dump_version is None:
+            pg_dump_version = source.version()
         result = backup_database(config, job, storage, observer=observer, should_stop=should_stop,
-                                 pg_dump_version=versions["pg_dump"])
+                                 pg_dump_version=pg_dump_version, source=source)
         result.size_estimate = job.size_estimate
         if result.status == "skipped":  # the same minute's backup is already there, kept as it is
             out.skipped.append(Skipped(job.connection.name, job.database, result.error or "already backed up"))
@@ -584,9 +643,3 @@ def _safe_retention(config: Config, job: Job, storage: Storage, written: str | N
         log.error("retention failed: %s", result.error, extra=_ctx(job))
         return []
 
-
-def _pg_dump_version(config: Config) -> str:
-    try:
-        return postgres.client_version("pg_dump", config.pg_bindir)
-    except Exception:  # the dump itself will report a missing pg_dump clearly
-        return "unknown"

@@ -16,20 +16,12 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from pgbkp.output import size
 from pgbkp.pipeline import DatabaseResult, Job, Observer
 
 log = logging.getLogger("pgbkp.progress")
 
 DEFAULT_INTERVAL = 30.0
-
-
-def size(n: float) -> str:
-    """Decimal units, as S3 consoles and MB/s figures use."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 class BarObserver:

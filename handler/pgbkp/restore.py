@@ -7,6 +7,9 @@ or the AES authentication code and the central directory, and the object's SHA-2
 ``sha256`` written at backup time. Any failure kills psql, and the server rolls the transaction
 back. psql runs under its own ``\\restrict`` key, so no psql command hidden in a backup can run (see
 DumpFilter). See docs/restore.md for why this design (one GET, bounded memory, no temporary file).
+
+Every function takes the ``storage`` to read from: the caller (restore_cli, handler_core's edge) builds
+it, so this module never knows which store it is.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from pgbkp.archive import ArchiveError, CorruptArchiveError, MemberReader, Wrong
 from pgbkp.config import Config, ConfigError, Connection, PgTarget, parse_url
 from pgbkp.redact import Secret, redact
 from pgbkp.storage import Download, Storage, StorageError
-from pgbkp.storage.s3 import S3Storage
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +187,13 @@ def _root(config: Config, conn: Connection) -> str:
 
 
 def find_backups(config: Config, connection: Connection | str | int, database: str | None = None, *,
-                 storage: Storage | None = None) -> list[BackupRef]:
+                 storage: Storage) -> list[BackupRef]:
     """Every backup of the connection (or of one database), newest first.
 
     Only objects in a database's own folder whose file name parses for that database and the
     connection's prefix count: a person's files, other prefixes' files and sub-folders are ignored.
     """
     conn = _connection(config, connection)
-    storage = storage or S3Storage(conn.s3)
     root = _root(config, conn)
     prefix = keys.folder(config.global_prefix, conn.base_dir, database) if database is not None else root
     found: dict[tuple[str, str], BackupRef] = {}
@@ -232,11 +233,9 @@ def parse_key(text: str, conn: Connection, database: str | None) -> tuple[str, s
 
 
 def select_backup(config: Config, connection: Connection | str | int, database: str | None = None, *,
-                  at: datetime | None = None, key: str | None = None,
-                  storage: Storage | None = None) -> BackupRef:
+                  at: datetime | None = None, key: str | None = None, storage: Storage) -> BackupRef:
     """The newest backup (at or before ``at`` if given), or exactly ``key``."""
     conn = _connection(config, connection)
-    storage = storage or S3Storage(conn.s3)
     if key is not None:
         bucket, object_key = parse_key(key, conn, database)
         info = storage.head(bucket, object_key)
@@ -520,8 +519,8 @@ def check_target(target: PgTarget, *, create: bool, force: bool, bindir: Path | 
         log.warning("restoring into non-empty database %r on %s (--force)", db, where)
 
 
-def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, create: bool = False,
-                   force: bool = False, storage: Storage | None = None, connection: Connection | None = None,
+def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, storage: Storage,
+                   create: bool = False, force: bool = False,
                    on_progress: Callable[[int], None] | None = None,
                    on_start: Callable[[int], None] | None = None) -> RestoreResult:
     """Stream one backup into ``target.database`` in one transaction; commit only if it is intact.
@@ -530,9 +529,6 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, creat
     """
     bindir = config.pg_bindir
     db = target.database
-    if storage is None:
-        conn = connection or config.connection(backup.connection)
-        storage = S3Storage(conn.s3)
     shown = target.display
     result = RestoreResult(backup, shown)
     psql = postgres.psql_version(bindir)
@@ -646,13 +642,13 @@ def _explain(exc: Exception, backup: BackupRef, target: str, sent: DumpFilter) -
 
 
 def restore(config: Config, connection: Connection | str | int, backup: BackupRef, target_url: str, *,
-            create: bool = False, force: bool = False, storage: Storage | None = None,
+            storage: Storage, create: bool = False, force: bool = False,
             on_progress: Callable[[int], None] | None = None,
             on_start: Callable[[int], None] | None = None) -> RestoreResult:
     """Restore ``backup`` into the database named by ``target_url`` (see :func:`restore_backup`)."""
     conn = _connection(config, connection)
     target = parse_target(target_url, env=config.env, fallback=conn.pg)
-    return restore_backup(config, backup, target, create=create, force=force, storage=storage, connection=conn,
+    return restore_backup(config, backup, target, create=create, force=force, storage=storage,
                           on_progress=on_progress, on_start=on_start)
 
 
@@ -667,7 +663,7 @@ def scratch_name(database: str) -> str:
 
 
 def verify(config: Config, connection: Connection | str | int, databases: Sequence[str] | None = None,
-           scratch_url: str | None = None, *, storage: Storage | None = None,
+           scratch_url: str | None = None, *, storage: Storage,
            on_progress: Callable[[VerifyResult, int], None] | None = None,
            on_start: Callable[[VerifyResult, int], None] | None = None) -> list[VerifyResult]:
     """Restore the latest backup of each database into a fresh scratch database, count, and drop it.
@@ -676,7 +672,6 @@ def verify(config: Config, connection: Connection | str | int, databases: Sequen
     databases this call created are dropped. Results are JSON-serialisable through ``as_dict()``.
     """
     conn = _connection(config, connection)
-    storage = storage or S3Storage(conn.s3)
     server = (with_password(parse_url(scratch_url, "--scratch-url"), config.env, conn.pg, flag="--scratch-url")
               if scratch_url else conn.pg)
     results: list[VerifyResult] = []
@@ -696,7 +691,7 @@ def verify(config: Config, connection: Connection | str | int, databases: Sequen
             result.error = f"verify {db!r} ({conn.name}): no backup found in {_where(config, conn, db)}"
             log.error("%s", result.error)
             continue
-        _verify_one(config, conn, found, server, storage, result, on_progress, on_start)
+        _verify_one(config, found, server, storage, result, on_progress, on_start)
     return results
 
 
@@ -705,7 +700,7 @@ def _verify_error(exc: Exception, ref: BackupRef) -> str:
     return redact(str(exc) if known else f"verify {ref.url}: {type(exc).__name__}: {exc}")
 
 
-def _verify_one(config: Config, conn: Connection, ref: BackupRef, server: PgTarget, storage: Storage,
+def _verify_one(config: Config, ref: BackupRef, server: PgTarget, storage: Storage,
                 result: VerifyResult, on_progress: Callable[[VerifyResult, int], None] | None,
                 on_start: Callable[[VerifyResult, int], None] | None) -> None:
     started = time.monotonic()
@@ -718,7 +713,7 @@ def _verify_one(config: Config, conn: Connection, ref: BackupRef, server: PgTarg
     # one that failed before creating it (unreachable server, name taken, psql too old) made nothing to drop.
     try:
         restored = restore_backup(
-            config, ref, scratch, create=True, storage=storage, connection=conn,
+            config, ref, scratch, create=True, storage=storage,
             on_progress=(lambda n: on_progress(result, n)) if on_progress else None,
             on_start=(lambda n: on_start(result, n)) if on_start else None)
     except Exception as exc:

@@ -2,6 +2,8 @@
 
 Every known failure is one line on stderr and exit 1; usage mistakes exit 2 (ConfigError, which
 cli.main turns into exit 2, or a message printed here). Progress bars only on a terminal.
+
+This edge builds the store (one S3 client per distinct S3 settings) and passes it to :mod:`pgbkp.restore`.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from typing import Any
 
 from pgbkp import postgres, restore
 from pgbkp.archive import ArchiveError
-from pgbkp.cli import add_selection, human, table
 from pgbkp.config import Config, ConfigError, Connection
+from pgbkp.output import EXIT_FAILED, EXIT_OK, add_selection, size, table
+from pgbkp.pipeline import StorageCache
 from pgbkp.redact import redact
 from pgbkp.storage import StorageError
 from pgbkp.storage.s3 import S3Storage
 
-EXIT_OK, EXIT_FAILED = 0, 1
 KNOWN_ERRORS = (restore.RestoreError, StorageError, postgres.PostgresError, ArchiveError)
 
 
@@ -64,9 +66,10 @@ class _Bar:
 
 def cmd_list(config: Config, args: argparse.Namespace) -> int:
     found: list[restore.BackupRef] = []
+    storage_for = StorageCache(S3Storage)
     try:
         for conn in _connections(config, args.connection):
-            found += restore.find_backups(config, conn, args.database)
+            found += restore.find_backups(config, conn, args.database, storage=storage_for(conn))
     except KNOWN_ERRORS as exc:
         return _fail(exc)
     if args.json:
@@ -75,10 +78,10 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     if not found:
         print("no backups found", file=sys.stderr)
         return EXIT_OK
-    rows = [[b.connection, b.database, f"{b.taken:%Y-%m-%d %H:%M}" if b.taken else "?", human(b.size), b.url]
+    rows = [[b.connection, b.database, f"{b.taken:%Y-%m-%d %H:%M}" if b.taken else "?", size(b.size), b.url]
             for b in found]
     print(table(rows, ["connection", "database", f"taken ({config.timezone.key})", "size", "object"]))
-    print(f"{len(found)} backup(s), {human(sum(b.size for b in found))}")
+    print(f"{len(found)} backup(s), {size(sum(b.size for b in found))}")
     return EXIT_OK
 
 
@@ -107,15 +110,14 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         print(f"restoring {backup.url}{taken} into {target.display}", file=sys.stderr)
         try:
             result = restore.restore_backup(config, backup, target, create=args.create, force=args.force,
-                                            connection=conn, storage=storage, on_start=bar.start,
-                                            on_progress=bar.update)
+                                            storage=storage, on_start=bar.start, on_progress=bar.update)
         finally:
             bar.close()
     except KNOWN_ERRORS as exc:
         return _fail(exc)
-    rate = human(round(result.rate)) + "/s"
-    print(f"restored {backup.url} into {result.target}: {human(result.object_bytes)} read, "
-          f"{human(result.sql_bytes)} of SQL, {result.seconds:.1f}s ({rate}); "
+    rate = size(round(result.rate)) + "/s"
+    print(f"restored {backup.url} into {result.target}: {size(result.object_bytes)} read, "
+          f"{size(result.sql_bytes)} of SQL, {result.seconds:.1f}s ({rate}); "
           f"checked: {', '.join(result.checks)}")
     return EXIT_OK
 
@@ -127,13 +129,14 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     results: list[restore.VerifyResult] = []
     bars: dict[str, _Bar] = {}
+    storage_for = StorageCache(S3Storage)
 
     def bar(result: restore.VerifyResult) -> _Bar:
         return bars.setdefault(result.database, _Bar(f"verify {result.database}"))
 
     try:
         for conn in _connections(config, args.connection):
-            results += restore.verify(config, conn, args.database, args.scratch_url,
+            results += restore.verify(config, conn, args.database, args.scratch_url, storage=storage_for(conn),
                                       on_start=lambda r, n: bar(r).start(n),
                                       on_progress=lambda r, n: bar(r).update(n))
     finally:
@@ -144,7 +147,7 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
                          indent=2, ensure_ascii=False))
     else:
         rows = [[f"{r.connection}/{r.database}", r.taken or "-", str(r.tables), str(r.rows),
-                 human(r.restored_size), f"{r.seconds:.1f}", r.status] for r in results]
+                 size(r.restored_size), f"{r.seconds:.1f}", r.status] for r in results]
         if rows:
             print(table(rows, ["database", "backup taken", "tables", "rows", "restored size", "seconds",
                                 "status"]))

@@ -31,9 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from pgbkp import handler_core, health, logs, pipeline, progress, schedule
-from pgbkp.config import Config, ConfigError, parse_bool, parse_int
+from pgbkp.config import Config, ConfigError, Connection, parse_bool, parse_int
+from pgbkp.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, summary_text
 from pgbkp.pipeline import DatabaseResult, Job, Observer
 from pgbkp.redact import redact
+from pgbkp.storage import Storage
+from pgbkp.storage.s3 import S3Storage
 
 log = logging.getLogger("pgbkp.runner")
 
@@ -42,7 +45,6 @@ DEFAULT_GRACE_SECONDS = 30
 MAX_NAP = 60.0
 #: Signals that mean "stop": docker stop, Ctrl-C, and a closed terminal or a reload request.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 @dataclass
@@ -62,31 +64,22 @@ class Outcome:
 BackupFn = Callable[[Callable[[], bool], Observer], Outcome]
 
 
-def summarize(results: Sequence[Mapping[str, Any]]) -> str:
-    """One line per database, failures with their error: what a ping body or a log reader needs."""
-    lines = []
-    for r in results:
-        where = f"s3://{r['bucket']}/{r['key']}" if r.get("key") else "-"
-        line = (f"{r['status']:<8} {r['connection']}/{r['database']} {where} "
-                f"{progress.size(r.get('raw_bytes') or 0)} dumped, {progress.size(r.get('object_bytes') or 0)} "
-                f"stored, {float(r.get('seconds') or 0):.1f}s")
-        lines.append(line + (f": {r['error']}" if r.get("error") else ""))
-    failed = sum(1 for r in results if r["status"] not in ("ok", "dry-run"))
-    head = f"{len(lines)} database(s): " + (f"{failed} failed" if failed else "all ok")
-    return "\n".join([head, *lines])
-
-
-def backup_with_handler(should_stop: Callable[[], bool], observer: Observer) -> Outcome:
+def backup_with_handler(should_stop: Callable[[], bool], observer: Observer, *,
+                        storage_for: Callable[[Connection], Storage] | None = None,
+                        source: pipeline.DumpSource | None = None) -> Outcome:
     """One run through the Lambda handler's core with the fan-out event ``{}``: outside Lambda it backs up
-    every connection here, one after another. The configuration is re-read from the environment."""
-    edge = handler_core.Edge(observers=[observer], should_stop=should_stop)
+    every connection here, one after another. The configuration is re-read from the environment, and each
+    run makes its own S3 clients (one per distinct S3 settings) unless ``storage_for`` is given; ``source``
+    replaces pg_dump (tests)."""
+    edge = handler_core.Edge(storage_for=storage_for or pipeline.StorageCache(S3Storage), source=source,
+                             observers=[observer], should_stop=should_stop)
     try:
         summary = handler_core.handle({}, None, edge=edge)
         code = EXIT_OK
     except handler_core.BackupFailedError as exc:
         summary, code = exc.summary, EXIT_FAILED
     rows = list(summary.get("results", []))
-    return Outcome(code, summarize(rows), rows)
+    return Outcome(code, summary_text(rows), rows)
 
 
 class _Tracking(pipeline.NullObserver):

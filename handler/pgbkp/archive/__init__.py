@@ -19,7 +19,6 @@ from pgbkp.archive.crc import crc32_combine
 from pgbkp.archive.errors import ArchiveError, CorruptArchiveError, WrongPasswordError
 from pgbkp.archive.reader import MemberReader, SupportsRead, iter_member
 from pgbkp.archive.writer import ArchiveStats, SupportsWrite, ZipStreamWriter
-from pgbkp.cpus import available_cpus  # re-exported for callers that still import it from here; see pgbkp.cpus
 
 __all__ = [
     "ArchiveError",
@@ -30,7 +29,6 @@ __all__ = [
     "SupportsWrite",
     "WrongPasswordError",
     "ZipStreamWriter",
-    "available_cpus",
     "crc32_combine",
     "iter_member",
 ]
