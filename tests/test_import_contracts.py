@@ -59,6 +59,7 @@ CASES = [
     ("restore.py", "from pgbkp.storage.s3 import S3Storage", "S3Storage is built at the edges"),
     ("runner.py", "from aws_lambda_powertools import Logger", "Powertools only at the Lambda edge"),
     ("pipeline.py", "from pgbkp import settings_secrets", "the CLI and serve never load the Lambda edge"),
+    ("config/values.py", "from pgbkp.config import model", "config: values < model"),
 ]
 
 

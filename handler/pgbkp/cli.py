@@ -22,7 +22,6 @@ import signal
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from pgbkp import __version__, handler_core, health, logs, progress, restore_cli, runner
@@ -112,23 +111,9 @@ class _StopFlag:
                 signal.signal(sig, handler)
 
 
-def add_log_file(config: Config) -> Path | None:
-    """LOG_FILE, as ``pgbkp serve`` reads it (default /var/log/pg-backup.log where writable; off, none or
-    empty: no file), so a backup called from system cron leaves the same log."""
-    path = logs.log_file_path(config.env.get("LOG_FILE"))
-    if path is None:
-        return None
-    try:
-        logs.add_file(path, config.log_format)
-    except OSError as exc:
-        raise ConfigError(f"LOG_FILE: cannot write {str(path)!r} ({exc.strerror}). Fix: point it at a writable "
-                          "file, mount a volume there, or set LOG_FILE=off.") from None
-    return path
-
-
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     """Back up through the handler (as ``serve`` and Lambda do), with the runner's pings and log file."""
-    add_log_file(config)
+    runner.add_log_file(config)
     pinger = health.Pinger(config.env.get("HEALTHCHECK_URL"))  # checked even for a dry run...
     if args.dry_run:
         pinger = health.Pinger(None)  # ...which neither starts nor ends a check: monitoring records real runs
@@ -205,8 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
     try:
-        config = load() if getattr(args, "needs_config", True) else None
+        config = load(log_warnings=False) if getattr(args, "needs_config", True) else None
         logs.setup(config.log_level if config else "INFO", console_format(config))
+        if config:
+            config.log_warnings()  # after the set-up, so they are log lines like any other (JSON, LOG_FILE)
         code = int(args.func(config, args))
     except ConfigError as exc:
         print(f"pgbkp: configuration error: {redact(str(exc))}", file=sys.stderr)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pgbkp import pipeline
-from pgbkp.config import Config, ConfigError, Connection, load, parse_int
+from pgbkp.config import Config, ConfigError, Connection, load, setting
 from pgbkp.output import OK_STATUSES
 from pgbkp.pipeline import DatabaseResult, DumpSource, Job, MultiObserver, NullObserver, Observer
 from pgbkp.redact import redact
@@ -176,11 +176,8 @@ class TimeLimits:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TimeLimits:
-        def number(name: str, default: int, minimum: int) -> int:
-            return parse_int(env.get(name, "") or str(default), name, minimum=minimum, maximum=900)
-
-        return cls(number("TIME_SAFETY_MARGIN_SECONDS", 120, 0), number("TIME_HARD_MARGIN_SECONDS", 20, 1),
-                   number("TIME_ESTIMATE_MB_PER_SECOND", 10, 1))
+        return cls(setting(env, "TIME_SAFETY_MARGIN_SECONDS"), setting(env, "TIME_HARD_MARGIN_SECONDS"),
+                   setting(env, "TIME_ESTIMATE_MB_PER_SECOND"))
 
     def estimate(self, job: Job) -> float:
         """Seconds a dump may need, from the database's size on disk (which over-counts: indexes)."""

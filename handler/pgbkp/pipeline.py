@@ -23,7 +23,7 @@ from typing import Any, Protocol, cast
 
 from pgbkp import __version__, integrity, keys, postgres, retention
 from pgbkp.archive import ZipStreamWriter
-from pgbkp.config import Config, Connection, S3Settings, parse_int
+from pgbkp.config import Config, Connection, S3Settings, setting
 from pgbkp.output import OK_STATUSES
 from pgbkp.redact import redact
 from pgbkp.storage import ObjectExistsError, ObjectInfo, Storage, StorageError
@@ -337,9 +337,7 @@ def retain_until(config: Config, job: Job) -> datetime | None:
 
 def lock_wait_timeout(config: Config) -> int:
     """PG_LOCK_WAIT_TIMEOUT_SECONDS: how long pg_dump waits for its table locks (0: forever)."""
-    raw = config.env.get("PG_LOCK_WAIT_TIMEOUT_SECONDS", "").strip()
-    return parse_int(raw or str(postgres.DEFAULT_LOCK_WAIT_TIMEOUT), "PG_LOCK_WAIT_TIMEOUT_SECONDS",
-                     maximum=86_400)
+    return int(setting(config.env, "PG_LOCK_WAIT_TIMEOUT_SECONDS"))
 
 
 def object_metadata(job: Job, pg_dump_version: str) -> dict[str, str]:

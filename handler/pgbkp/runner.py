@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pgbkp import handler_core, health, logs, pipeline, progress, schedule
-from pgbkp.config import Config, ConfigError, Connection, parse_bool, parse_int
+from pgbkp.config import Config, ConfigError, Connection, setting
 from pgbkp.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, summary_text
 from pgbkp.pipeline import DatabaseResult, Job, Observer
 from pgbkp.redact import redact
@@ -306,14 +306,22 @@ class Runner:
 # Commands
 
 
-def _settings(env: Mapping[str, str]) -> tuple[bool, float, str | None]:
-    cron = parse_bool(env.get("CRON_ENABLED", "true"), "CRON_ENABLED")
-    grace = parse_int(env.get("SHUTDOWN_GRACE_SECONDS", "").strip() or str(DEFAULT_GRACE_SECONDS),
-                      "SHUTDOWN_GRACE_SECONDS", maximum=3600)
-    fmt = (env.get("LOG_FORMAT") or "").strip().lower() or None
-    if fmt is not None and fmt not in logs.FORMATS:
-        raise ConfigError(f"LOG_FORMAT: {fmt!r} is not a format. Fix: json or text (or leave it unset).")
-    return cron, grace, fmt
+def _settings(env: Mapping[str, str]) -> tuple[bool, float]:
+    return setting(env, "CRON_ENABLED"), setting(env, "SHUTDOWN_GRACE_SECONDS")
+
+
+def add_log_file(config: Config) -> Path | None:
+    """LOG_FILE for ``serve`` and ``backup`` alike (default /var/log/pg-backup.log where writable; off,
+    none or empty: no file), so a backup called from system cron leaves the same log as the runner."""
+    path = logs.log_file_path(config.env.get("LOG_FILE"))
+    if path is None:
+        return None
+    try:
+        logs.add_file(path, config.log_format)
+    except OSError as exc:
+        raise ConfigError(f"LOG_FILE: cannot write {str(path)!r} ({exc.strerror}). Fix: point it at a writable "
+                          "file, mount a volume there, or set LOG_FILE=off.") from None
+    return path
 
 
 def _health_file(env: Mapping[str, str], *, check: bool = False) -> str:
@@ -327,7 +335,7 @@ def _health_file(env: Mapping[str, str], *, check: bool = False) -> str:
 def make_runner(config: Config, backup: BackupFn | None = None, **kwargs: Any) -> Runner:
     """A runner configured from the environment the configuration was read from."""
     env = config.env
-    cron, grace, _ = _settings(env)
+    cron, grace = _settings(env)
     sched = schedule.parse(env.get("CRON_SCHEDULE"), config.timezone) if cron else None
     return Runner(
         backup=backup or backup_with_handler,
@@ -342,14 +350,7 @@ def make_runner(config: Config, backup: BackupFn | None = None, **kwargs: Any) -
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    _, _, fmt = _settings(config.env)
-    log_file = logs.log_file_path(config.env.get("LOG_FILE"))
-    if log_file is not None:
-        try:
-            logs.add_file(log_file, fmt)
-        except OSError as exc:
-            raise ConfigError(f"LOG_FILE: cannot write {str(log_file)!r} ({exc.strerror}). Fix: point it at a "
-                              "writable file, mount a volume there, or set LOG_FILE=off.") from None
+    log_file = add_log_file(config)
     runner = make_runner(config)
     runner.handle_signals()
     when = (f"then on CRON_SCHEDULE={runner.schedule.expression!r} in {runner.schedule.timezone.key}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 
-from pgbkp.config import ConfigError, parse_int
+from pgbkp.config import ConfigError, setting
 from pgbkp.redact import register
 
 SECRET_VARIABLES = ("PG_URLS", "ZIP_PASSWORD")
@@ -56,7 +56,7 @@ def resolve(env: Mapping[str, str], fetch: Fetcher | None = None) -> dict[str, s
     """``env`` with each ``<NAME>_SECRET_ID`` replaced by the ``<NAME>`` value it points to."""
     out = dict(env)
     fetch = fetch or powertools_fetch
-    max_age = parse_int(env.get("SECRETS_MAX_AGE_SECONDS", "") or str(DEFAULT_MAX_AGE), "SECRETS_MAX_AGE_SECONDS")
+    max_age = int(setting(env, "SECRETS_MAX_AGE_SECONDS"))
     for name in SECRET_VARIABLES:
         secret_id = env.get(f"{name}_SECRET_ID", "").strip()
         if not secret_id:
