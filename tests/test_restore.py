@@ -836,3 +836,26 @@ def test_hostile_dump(pg: PgCluster, planted_source: str, databases: list[str], 
             restore.restore_backup(cfg, ref, dest, create=True, storage=store)
         assert target not in pg.databases()
     assert not marker.exists()
+
+
+def test_filter_passes_a_long_line_on_without_holding_it() -> None:
+    """A COPY row of a large bytea is one long line: it goes on as it comes, never held whole (memory)
+    nor searched again at every chunk (time); the lines after it are still judged."""
+    f = restore.DumpFilter()
+    head = b"-- dump\nSET x = 1;\nCOPY public.t (b) FROM stdin;\n"
+    out = [f.feed(head)]
+    piece = b"\\\\x" + b"ab" * (1 << 19)
+    for _ in range(40):
+        out.append(f.feed(piece))
+        assert len(f._carry) < restore.DumpFilter.HOLD
+    out += [f.feed(b"\n\\.\nBEGIN;\nCOMMIT;\n" + b"-- a long comment " * 10_000), f.flush()]
+    assert b"".join(out) == head + piece * 40 + b"\n\\.\nBEGIN;\nCOMMIT;\n" + b"-- a long comment " * 10_000 + b"\n"
+
+
+def test_filter_refuses_a_header_line_no_dump_has() -> None:
+    f = restore.DumpFilter()
+    f.feed(b"-- dump\n")
+    with pytest.raises(restore.RestoreError, match=r"^the dump has a line of over 16 MiB starting with COPY public"
+                       r"\.AAAAAAAA \(line 2\), which pg_dump never writes: refused$"):
+        for _ in range(20):
+            f.feed(b"COPY public." + b"A" * (1 << 20) if not f._carry else b"A" * (1 << 20))

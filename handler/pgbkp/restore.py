@@ -306,9 +306,15 @@ class DumpFilter:
     #: How much recent output to keep for :meth:`line_text`: psql refuses a line it has read, and what was
     #: sent after it is at most the 1 MiB pipe, psql's small read buffer and the block being written.
     KEEP = 4 << 20
+    #: An incomplete line longer than this is passed on before its end when it cannot matter.
+    HOLD = 64 << 10
+    #: A line that may matter (a COPY or data header) is never this long in a genuine dump.
+    LONGEST_LINE = 16 << 20
+    _COMMENT = re.compile(rb"[ \t\r\f\v]*--")
 
     def __init__(self) -> None:
         self._carry = b""
+        self._passing = False  # inside a long line already judged not to matter, partly sent
         self._in_copy = False
         self._copy_statement = False  # inside a COPY statement that spans lines: data starts after it
         self._table_data = False  # the last data header was TABLE DATA: its COPY may span lines
@@ -322,10 +328,43 @@ class DumpFilter:
         self.dropped = 0
 
     def feed(self, chunk: bytes) -> bytes:
+        rest_of_line = b""
+        if self._passing:  # the rest of a long line that does not matter: straight through
+            end = chunk.find(b"\n")
+            if end < 0:
+                return self._send(chunk)
+            rest_of_line = self._send(chunk[:end + 1])
+            chunk, self._passing = chunk[end + 1:], False
         data = self._carry + chunk
         cut = data.rfind(b"\n") + 1
-        data, self._carry = data[:cut], data[cut:]
+        data, carry = data[:cut], data[cut:]
+        self._carry = b""
         out: list[bytes] = []
+        self._process(data, out)
+        self._hold(carry, out, self._sent + data.count(b"\n") + 1)
+        return rest_of_line + self._send(b"".join(out))
+
+    def _hold(self, carry: bytes, out: list[bytes], number: int) -> None:
+        """Keep the last, incomplete line until its end, unless it is already known not to matter: then
+        it goes on now, and so does the rest of it (a COPY row of a large bytea is one long line; holding
+        it would cost memory, and searching it again at every chunk, time)."""
+        if len(carry) < self.HOLD or self._closed is not None or self._copy_statement:
+            self._carry = carry
+        elif self._in_copy or not self._AT.match(carry):
+            if not self._in_copy and self._header and not self._COMMENT.match(carry):
+                self._header = False
+            out.append(carry)
+            self._passing = True
+            return
+        else:
+            self._carry = carry
+        if len(self._carry) > self.LONGEST_LINE:
+            raise RestoreError(f"the dump has a line of over {self.LONGEST_LINE >> 20} MiB starting with "
+                               f"{shown_line(self._carry[:20])} (line {number}), which pg_dump never "
+                               "writes: refused")
+
+    def _process(self, data: bytes, out: list[bytes]) -> None:
+        """The complete lines of ``data`` (it ends with a newline), into ``out``."""
         pos = 0
         while pos < len(data):
             if self._closed is not None:  # after pg_dump's closing line, only blank lines
@@ -358,7 +397,6 @@ class DumpFilter:
             out.append(data[pos:start])
             pos = data.index(b"\n", start) + 1
             out.append(self._line(data, start, pos))
-        return self._send(b"".join(out))
 
     def _send(self, sent: bytes) -> bytes:
         self._recent.append((self._sent + 1, sent))
@@ -417,7 +455,7 @@ class DumpFilter:
 
     def flush(self) -> bytes:
         """The last line, even without a final newline (it goes through the same rules)."""
-        return self.feed(b"\n") if self._carry else b""
+        return self.feed(b"\n") if self._carry or self._passing else b""
 
     def line_text(self, number: int) -> bytes | None:
         """Line ``number`` of the output, if it is in the last :attr:`KEEP` bytes or so (else None)."""
