@@ -8,6 +8,11 @@
 #       docker run --rm --env-file .env --entrypoint pgbkp pgbkp:latest serve
 #
 # Needs layers/postgresql first (`make layer`, i.e. bash layers/build.sh): this file only copies it.
+# Either platform, from the same file: the base image is published for both, and the layer is built for
+# one (layers/README.md, arm64):
+#   bash layers/build.sh && docker build --platform linux/amd64 -t pgbkp .
+#   ARCH=arm64 bash layers/build.sh && docker build --platform linux/arm64 -t pgbkp .
+# A layer of the other architecture fails the build below, at `pg_dump --version`.
 # Lambda ignores HEALTHCHECK; the compose file sets one for the runner.
 FROM public.ecr.aws/lambda/python:3.12
 
