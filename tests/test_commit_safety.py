@@ -247,3 +247,33 @@ def test_ctrl_c_while_the_landing_answer_is_held_leaves_a_whole_backup(pg: PgClu
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("held", ["HeadBucket", "ListMultipartUploads", "CompleteMultipartUpload"])
+def test_sigterm_while_the_store_stalls_a_request_stops_at_once(pg: PgCluster, s3: S3Server, big_db: str,
+                                                                 held: str) -> None:
+    """A stalled answer (botocore would wait 120 s a try) no longer outlasts SIGTERM: the run stops,
+    aborts its upload, and leaves nothing."""
+    bucket = make_bucket(s3)
+    with proxy_running(s3.endpoint) as proxy:
+        gate = proxy.hold(lambda r: r.operation == held)
+        full = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "S3_", "ZIP_", "RETENTION_"))}
+        full.update({"LOG_FILE": "", "HEALTHCHECK_URL": "", **env_for(pg, s3, bucket, proxy.endpoint)})
+        proc = subprocess.Popen([PGBKP, "backup", "-d", big_db], env=full, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            gate.wait_arrived(120)
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=120)  # returns while the request is still held
+            assert not gate._open.is_set()
+            state = (sorted(o["Key"] for o in s3_client(s3).list_objects_v2(Bucket=bucket).get("Contents", [])),
+                     pending_uploads(s3, bucket))
+        finally:
+            gate.release()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert "stopped" in err
+    assert state == ([], [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 import pytest
 
@@ -73,3 +74,25 @@ def test_v1_archive_without_a_comment_has_no_record() -> None:
     reader = read(v1, None)
     assert reader.record is None
     assert reader.object_sha256 == hashlib.sha256(v1).hexdigest()
+
+
+def test_hostile_archive_fields_stay_one_short_line() -> None:
+    """A 64 KiB member name, or psql echoing a megabyte of hostile SQL, never becomes a megabyte message."""
+    import struct
+
+    from pgbkp.archive import CorruptArchiveError
+    from pgbkp.archive.zipformat import LOCAL, SIG_LOCAL
+    from pgbkp.postgres import _StderrTail
+
+    name = "n" * 65_000
+    header = struct.pack(LOCAL.format, SIG_LOCAL, 20, 0, 8, 0, 0, 0, 0, 0, len(name), 0) + name.encode()
+    with pytest.raises(CorruptArchiveError) as exc:
+        b"".join(MemberReader(io.BytesIO(header), None))
+    assert str(exc.value) == f"read zip '{'n' * 80}…': truncated archive in member data"
+
+    read_end, write_end = os.pipe()
+    tail = _StderrTail(os.fdopen(read_end, "rb"))
+    with os.fdopen(write_end, "wb") as w:
+        w.write(b'psql:<stdin>:3: ERROR:  syntax error at or near "' + b"A" * 3_000_000 + b'"\nsecond line\n')
+    text = tail.text()
+    assert text == ('psql:<stdin>:3: ERROR:  syntax error at or near "' + "A" * (1000 - 49) + " …(cut)\nsecond line\n")

@@ -541,3 +541,60 @@ def test_too_many_parts_is_a_clear_error(s3: S3Server, bucket: str, monkeypatch:
         write_all(up, os.urandom(3 * PART + 1))
     up.abort()
     assert state(s3, bucket) == ([], [])
+
+
+def test_a_second_abort_gets_one_try_within_the_first_ones_deadline(s3: S3Server, proxy: S3Proxy,
+                                                                     bucket: str) -> None:
+    """The commit aborts its upload; the caller aborts again: the second abort must not start a cleanup
+    deadline of its own (27 s instead of 15 with a store refusing every abort)."""
+    storage = S3Storage(settings_for(s3, proxy.endpoint, max_attempts=1, concurrency=2), abort_timeout=0.5)
+    proxy.fail(op_is("CompleteMultipartUpload"), 403, "AccessDenied")
+    proxy.fail(op_is("AbortMultipartUpload"), 503, "SlowDown")
+    up = storage.upload(bucket, "k")
+    write_all(up, os.urandom(PART + 1))
+    with pytest.raises(StorageError, match=r"AccessDenied.*abort upload s3://.*SlowDown"):
+        up.commit()
+    tried = len(proxy.ops("AbortMultipartUpload"))
+    with pytest.raises(StorageError, match="SlowDown"):
+        up.abort()
+    aborts = proxy.ops("AbortMultipartUpload")
+    per_try = int(aborts[-1].headers["amz-sdk-request"].rsplit("max=", 1)[1])  # botocore's own tries
+    assert len(aborts) == tried + per_try  # one try of ours, the deadline being spent
+
+
+def test_a_landed_upload_whose_check_fails_once_is_a_commit(s3: S3Server, proxy: S3Proxy, bucket: str) -> None:
+    """The store completed the upload; the HEAD that checks it fails (every try botocore makes): retried
+    within the cleanup deadline, not reported as a failed backup."""
+    completed = threading.Event()
+
+    def head_after_landing(r: Request) -> bool:
+        if r.operation == "CompleteMultipartUpload":
+            completed.set()
+        return r.operation == "HeadObject" and completed.is_set()
+
+    storage = S3Storage(settings_for(s3, proxy.endpoint, max_attempts=1), abort_timeout=5)
+    data = os.urandom(PART + 1)
+    up = storage.upload(bucket, "k")
+    write_all(up, data)
+    proxy.fail(head_after_landing, 500, "InternalError", times=2)
+    assert up.commit().size == len(data)
+    heads = [r for r in proxy.requests if r.operation == "HeadObject"]
+    assert len(heads) == 1 + 2 + 1  # the precheck, one failed try of ours (botocore's two), the one that worked
+    assert state(s3, bucket) == (["k"], [])
+
+
+def test_a_stop_ends_a_wait_on_a_stalled_control_request(s3: S3Server, proxy: S3Proxy, bucket: str) -> None:
+    """Listing, checking a bucket, heading: a stalled answer no longer outlasts a stop request."""
+    stop = threading.Event()
+    storage = S3Storage(settings_for(s3, proxy.endpoint), should_stop=stop.is_set)
+    gate = proxy.hold(op_is("HeadBucket"))
+    result: list[BaseException] = []
+    checker = threading.Thread(target=lambda: _capture(lambda: storage.check_bucket(bucket), result))
+    checker.start()
+    gate.wait_arrived()
+    stop.set()
+    checker.join()
+    assert [str(e) for e in result] == [f"check bucket s3://{bucket}: stopped while waiting for the store"]
+    with pytest.raises(UploadStoppedError, match=rf"^list s3://{bucket}/db/: stopped before the request was sent$"):
+        list(storage.list(bucket, "db/"))
+    gate.release()

@@ -121,8 +121,8 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
                                    databases=tuple(dict.fromkeys(args.database)) if args.database else None,
                                    dry_run=args.dry_run)
     stop = _StopFlag()
-    edge = handler_core.Edge(storage_for=StorageCache(S3Storage), observers=[progress.make_observer()],
-                             should_stop=stop.is_set)
+    stores = StorageCache(lambda settings: S3Storage(settings, should_stop=stop.is_set))
+    edge = handler_core.Edge(storage_for=stores, observers=[progress.make_observer()], should_stop=stop.is_set)
     with stop.installed():
         pinger.start("pgbkp backup started")
         try:

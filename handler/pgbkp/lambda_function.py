@@ -161,6 +161,8 @@ def edge(env: Mapping[str, str], context: Any) -> handler_core.Edge:
     if handler_core.running_in_lambda(env):
         name = getattr(context, "function_name", None) or env["AWS_LAMBDA_FUNCTION_NAME"]
         invoker = make_invoker(name)
+    # The time budget stops a backup's own requests (the upload's, through the pipeline's should_stop),
+    # so a request stalled on the store cannot outlast the invocation; the others need no stop here.
     return handler_core.Edge(storage_for=StorageCache(S3Storage), invoker=invoker, observers=[EdgeObserver()],
                              wrap=tracer.capture_method, report=report, scope=log_keys)
 

@@ -430,7 +430,9 @@ def backup_database(
             try:
                 upload.abort()
             except StorageError as abort_exc:
-                result.error += f"; {redact(str(abort_exc))}"
+                note = redact(str(abort_exc))
+                if note not in result.error:  # a failed commit already tried, and said so
+                    result.error += f"; {note}"
         if not isinstance(exc, Exception):
             raise
     result.seconds = round(time.monotonic() - started, 3)
@@ -600,7 +602,9 @@ def run(
         if result.status == "skipped":  # the same minute's backup is already there, kept as it is
             out.skipped.append(Skipped(job.connection.name, job.database, result.error or "already backed up"))
             continue
-        if result.status == "ok":
+        if result.status == "ok" and should_stop():
+            log.info("stopping: retention of %s is left to the next run", job.database, extra=_ctx(job))
+        elif result.status == "ok":
             result.retention = _safe_retention(config, job, storage, job.key, result)
         out.results.append(result)
     return out

@@ -203,14 +203,22 @@ def exit_status(code: int) -> str:
 class _StderrTail:
     """Drain a child's stderr on a thread (so it can never block on a full pipe), keeping the tail."""
 
+    #: A line kept is cut here: psql echoes hostile SQL (``syntax error at or near "AAAA…"``), and one
+    #: error must stay one readable line, not megabytes.
+    LONGEST = 1000
+
     def __init__(self, stream: IO[bytes]) -> None:
         self._lines: collections.deque[bytes] = collections.deque(maxlen=50)
         self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
         self._thread.start()
 
     def _drain(self, stream: IO[bytes]) -> None:
-        for line in stream:
-            self._lines.append(line)
+        cutting = False  # inside a line already cut: drop the rest of it
+        while piece := stream.readline(self.LONGEST):
+            whole = piece.endswith(b"\n")
+            if not cutting:
+                self._lines.append(piece if whole else piece + " …(cut)\n".encode())
+            cutting = not whole
 
     def join(self) -> None:
         self._thread.join(5)

@@ -640,17 +640,18 @@ def _check_object(backup: BackupRef, download: Download, hashing: _HashingReader
     if reader.record is not None:
         result.checks.append("object SHA-256 (integrity record)")
         return
+    # Metadata is whatever the bucket's writers put there: shown escaped and cut, never raw.
     if info.metadata.get(integrity.METADATA_KEY):
+        said = shown_line(info.metadata[integrity.METADATA_KEY].encode())
         raise IntegrityError(f"restore {backup.url}: the archive has lost its integrity record (its metadata says "
-                             f"{integrity.METADATA_KEY}={info.metadata[integrity.METADATA_KEY]}): it was cut or "
-                             "rewritten after the backup")
+                             f"{integrity.METADATA_KEY}={said}): it was cut or rewritten after the backup")
     expected = info.metadata.get("sha256")
     if expected is None:
         log.warning("%s has no integrity record (not written by pgbkp?): relying on the ZIP checks", backup.url)
         return
     if reader.object_sha256 != expected.lower():
         raise IntegrityError(f"restore {backup.url}: SHA-256 mismatch: the object hashes to {reader.object_sha256}, "
-                             f"its metadata says {expected}: it changed after the backup")
+                             f"its metadata says {shown_line(expected.encode(), 64)}: it changed after the backup")
     result.checks.append("object SHA-256 (metadata)")
 
 

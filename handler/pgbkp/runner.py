@@ -71,8 +71,8 @@ def backup_with_handler(should_stop: Callable[[], bool], observer: Observer, *,
     every connection here, one after another. The configuration is re-read from the environment, and each
     run makes its own S3 clients (one per distinct S3 settings) unless ``storage_for`` is given; ``source``
     replaces pg_dump (tests)."""
-    edge = handler_core.Edge(storage_for=storage_for or pipeline.StorageCache(S3Storage), source=source,
-                             observers=[observer], should_stop=should_stop)
+    stores = storage_for or pipeline.StorageCache(lambda settings: S3Storage(settings, should_stop=should_stop))
+    edge = handler_core.Edge(storage_for=stores, source=source, observers=[observer], should_stop=should_stop)
     try:
         summary = handler_core.handle({}, None, edge=edge)
         code = EXIT_OK

@@ -29,6 +29,7 @@ __all__ = ["MAC_LENGTH", "PYZIPPER_RANGE", "AesDecrypter", "AesEncrypter", "head
 PYZIPPER_RANGE = ">=0.4.0,<0.5"
 MAC_LENGTH = 10  # HMAC-SHA1 truncated to 80 bits
 _VERIFIER_LENGTH = 2
+_STRENGTH_256 = 3
 _SALT_LENGTHS = {1: 8, 2: 12, 3: 16}  # by the 0x9901 field's strength: AES-128, AES-192, AES-256
 
 
@@ -73,6 +74,9 @@ class AesDecrypter:
         try:
             impl = AESZipDecrypter(info, password, header)
         except RuntimeError as exc:  # pyzipper's "Bad password" (verifier mismatch)
+            if strength != _STRENGTH_256:  # pgbkp writes only AES-256: more likely a changed header
+                raise WrongPasswordError(f"read zip {member!r}: wrong password, or an AES header that pgbkp did "
+                                         f"not write (AES strength {strength}, ours is {_STRENGTH_256})") from exc
             raise WrongPasswordError(f"read zip {member!r}: wrong password") from exc
         self.decrypt: Callable[[bytes], bytes] = self._private(impl, "decypter", "decrypt")
         self._update: Callable[[bytes], object] = self._private(impl, "hmac", "update")

@@ -59,6 +59,8 @@ class MemberReader:
             raise CorruptArchiveError(f"read zip: bad local header signature {sig!r}")
         raw_name = self._read_exact(name_len, "member name")
         self.name = raw_name.decode("utf-8" if flags & zf.FLAG_UTF8 else "cp437", errors="replace")
+        #: The name as messages show it: a hostile archive may carry 64 KiB of name.
+        self._shown = self.name if len(self.name) <= 80 else self.name[:80] + "…"
         self.mtime = zf.from_dos(dos_time, dos_date)
         extras = zf.parse_extras(self._read_exact(extra_len, "local extra field"))
         self._flags = flags
@@ -77,21 +79,21 @@ class MemberReader:
         if method == zf.METHOD_AES:
             aes_field = extras.get(zf.EXTRA_AES)
             if aes_field is None or len(aes_field) != 7:
-                raise CorruptArchiveError(f"read zip {self.name!r}: AES method without a valid 0x9901 field")
+                raise CorruptArchiveError(f"read zip {self._shown!r}: AES method without a valid 0x9901 field")
             self._aes_version, _vendor, strength, method = struct.unpack("<H2sBH", aes_field)
             if not password:
-                raise WrongPasswordError(f"read zip {self.name!r}: the member is encrypted; password needed")
-            header = self._read_exact(aes.header_length(self.name, strength), "AES header")
-            self._decrypter = AesDecrypter(self.name, password, strength, header)
+                raise WrongPasswordError(f"read zip {self._shown!r}: the member is encrypted; password needed")
+            header = self._read_exact(aes.header_length(self._shown, strength), "AES header")
+            self._decrypter = AesDecrypter(self._shown, password, strength, header)
             self._overhead = len(header) + aes.MAC_LENGTH
         elif flags & zf.FLAG_ENCRYPTED:
-            raise ArchiveError(f"read zip {self.name!r}: unsupported encryption (only WinZip AES)")
+            raise ArchiveError(f"read zip {self._shown!r}: unsupported encryption (only WinZip AES)")
         if method != zf.METHOD_DEFLATE:
-            raise ArchiveError(f"read zip {self.name!r}: unsupported compression method {method}")
+            raise ArchiveError(f"read zip {self._shown!r}: unsupported compression method {method}")
 
     def __iter__(self) -> Iterator[bytes]:
         if self._started:
-            raise ArchiveError(f"read zip {self.name!r}: a member can be iterated only once")
+            raise ArchiveError(f"read zip {self._shown!r}: a member can be iterated only once")
         self._started = True
         return self._iterate()
 
@@ -127,7 +129,7 @@ class MemberReader:
         while not inflater.eof:
             chunk = self._next_chunk()
             if not chunk:
-                raise CorruptArchiveError(f"read zip {self.name!r}: truncated archive in member data")
+                raise CorruptArchiveError(f"read zip {self._shown!r}: truncated archive in member data")
             # The stream's end is only found after decrypting, so the cipher and MAC are driven
             # separately: the MAC must cover exactly the ciphertext up to the end of the deflate data.
             data = decrypter.decrypt(chunk) if decrypter else chunk
@@ -142,7 +144,7 @@ class MemberReader:
                         break
                     data = inflater.unconsumed_tail
             except zlib.error as exc:
-                raise CorruptArchiveError(f"read zip {self.name!r}: bad deflate data: {exc}") from exc
+                raise CorruptArchiveError(f"read zip {self._shown!r}: bad deflate data: {exc}") from exc
             used = len(chunk) - len(inflater.unused_data)
             if decrypter:
                 decrypter.authenticate(chunk[:used])
@@ -168,7 +170,7 @@ class MemberReader:
         self._check_central_directory(stored_size)
 
     def _check_values(self, where: str, crc: int, csize: int, usize: int, stored_size: int) -> None:
-        name = self.name
+        name = self._shown
         if usize != self.raw_bytes:
             raise CorruptArchiveError(f"read zip {name!r}: {where} says {usize} bytes, inflated {self.raw_bytes}")
         if csize != stored_size:
@@ -187,7 +189,7 @@ class MemberReader:
             if not chunk:
                 break
             rest += chunk
-        name = self.name
+        name = self._shown
 
         def fail(problem: str) -> CorruptArchiveError:
             return CorruptArchiveError(f"read zip {name!r}: {problem}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import functools
 import hashlib
 import logging
 import queue
@@ -143,6 +144,45 @@ def _multipart_etag(part_etags: Sequence[str]) -> str:
     return _quote(f"{digest.hexdigest()}-{len(part_etags)}")
 
 
+class _StopAware:
+    """Ordinary requests, each on a helper thread, waited for in short steps, so that a stop request
+    (SIGTERM, Ctrl-C's flag, Lambda's hard margin) ends the wait at once instead of when a stalled store
+    answers (botocore's read timeout, times its retries). A request left behind runs on, on its daemon
+    thread: every caller treats a stop like any other failure of that request. Cleanup (aborting an
+    upload, looking for what landed) does not come through here: it must run after a stop."""
+
+    def __init__(self, should_stop: Callable[[], bool] | None) -> None:
+        self.should_stop = should_stop
+
+    def run(self, op: str, bucket: str, key: str, fn: Callable[[], Any], *,
+            stop: Callable[[], bool] | None = None) -> Any:
+        stop = stop or self.should_stop
+        if stop is None:
+            return fn()
+        if stop():
+            raise UploadStoppedError(f"{op} {_where(bucket, key)}: stopped before the request was sent")
+        fut: Future[Any] = Future()
+
+        def call() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        threading.Thread(target=call, name=f"s3-{op.replace(' ', '-')}", daemon=True).start()
+        while True:
+            try:
+                return fut.result(timeout=STOP_POLL_SECONDS)
+            except concurrent.futures.TimeoutError:
+                if stop():
+                    raise UploadStoppedError(
+                        f"{op} {_where(bucket, key)}: stopped while waiting for the store") from None
+
+
+def _where(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+
+
 class _PartThreads:
     """A few daemon threads that upload parts. Not a ThreadPoolExecutor: its threads are joined at
     interpreter exit, so a part stuck on a slow store would hold a stopping process until the socket
@@ -212,6 +252,7 @@ class S3Upload:
         self._threads: _PartThreads | None = None
         self._failure: BaseException | None = None
         self._state = "open"
+        self._abort_deadline: float | None = None
         self.bytes_written = 0
 
     @property
@@ -250,9 +291,9 @@ class S3Upload:
         self._raise_if_failed()
         if self._upload_id is None:
             try:
-                resp = self._client.create_multipart_upload(
+                resp = self._s.calls.run("upload", self.bucket, self.key, lambda: self._client.create_multipart_upload(
                     Bucket=self.bucket, Key=self.key, **self._s.create_args(self._metadata, self._retain_until),
-                    **self._algorithm)
+                    **self._algorithm), stop=self._should_stop)
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
                 raise _error("upload", self.bucket, self.key, exc) from exc
             self._upload_id = resp["UploadId"]
@@ -326,8 +367,9 @@ class S3Upload:
         checks = {} if self._algorithm else {"ContentMD5": base64.b64encode(md5.digest()).decode()}
         expected = md5.hexdigest()
         try:
-            resp = self._client.put_object(Bucket=self.bucket, Key=self.key, Body=body, IfNoneMatch="*",
-                                           **self._s.create_args(self._metadata, self._retain_until), **checks)
+            resp = self._s.calls.run("upload", self.bucket, self.key, lambda: self._client.put_object(
+                Bucket=self.bucket, Key=self.key, Body=body, IfNoneMatch="*",
+                **self._s.create_args(self._metadata, self._retain_until), **checks), stop=self._should_stop)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             return self._resolve(exc, expected, len(body))
         if self._on_progress is not None:
@@ -348,11 +390,17 @@ class S3Upload:
         expected = _multipart_etag([self._part_md5[n] for n in sorted(self._parts)])
         self._raise_if_stopped()
         try:
-            resp = self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": parts},
-                IfNoneMatch="*")
+            upload_id = self._upload_id
+            resp = self._s.calls.run("upload", self.bucket, self.key, lambda: self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts},
+                IfNoneMatch="*"), stop=self._should_stop)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             return self._resolve(exc, expected, self.bytes_written)
+        except UploadStoppedError:
+            raise UploadStoppedError(
+                f"upload {self.url}: stopped while the store was completing the upload; the upload is aborted, "
+                "but a completion already under way may still land the object: if it appears, it is whole (its "
+                "integrity record shows it)") from None
         self._upload_id = None
         return self._check_landed(expected, md5_etags=_md5_etags(resp, self._s))
 
@@ -360,7 +408,15 @@ class S3Upload:
         """What the store now holds under the key must be this upload: its size, and its ETag where the
         store computes ETags from MD5s (not with SSE-KMS). Catches a store that ignored If-None-Match
         and let another writer's completion replace ours."""
-        info = self._s.head(self.bucket, self.key)
+        try:
+            answer = self._s.retrying("head", self.bucket, self.key,
+                                      lambda: self._client.head_object(Bucket=self.bucket, Key=self.key))
+        except StorageError as exc:
+            raise StorageError(f"upload {self.url}: the store completed the upload, but the object could not be "
+                               f"checked ({exc}). Nothing was deleted: its integrity record shows whether it is "
+                               "whole (pgbkp verify)") from exc
+        info = ObjectInfo(self.bucket, self.key, int(answer["ContentLength"]), answer.get("LastModified"),
+                          answer.get("Metadata", {}), answer.get("ETag"))
         if info.size != self.bytes_written:
             raise StorageError(f"upload {self.url}: the object under the key has {info.size} bytes, we wrote "
                                f"{self.bytes_written}: another run wrote the same key (left as it is)")
@@ -414,7 +470,11 @@ class S3Upload:
         self._stop_threads()
         if self._upload_id is None:
             return
-        deadline = time.monotonic() + self._s.abort_timeout
+        # One cleanup deadline per upload: a second abort (the caller's, after a commit that already
+        # tried) gets one more try within it, not a fresh deadline of its own.
+        if self._abort_deadline is None:
+            self._abort_deadline = time.monotonic() + self._s.abort_timeout
+        deadline = self._abort_deadline
         self._s.abort_upload(self.bucket, self.key, self._upload_id, deadline=deadline)
         in_flight = [f for f in self._futures if not f.done()]
         if in_flight:
@@ -462,12 +522,15 @@ class S3Download:
 class S3Storage:
     """:class:`pgbkp.storage.Storage` on one S3 endpoint."""
 
-    def __init__(self, settings: S3Settings, *, abort_timeout: float | None = None) -> None:
+    def __init__(self, settings: S3Settings, *, abort_timeout: float | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         """``abort_timeout``: how long cleanup after a failure (aborting an upload, also while parts are
         still in flight) keeps retrying before it gives up and says what is left."""
         self.settings = settings
         self.client = make_client(settings)
         self.abort_timeout = CLEANUP_SECONDS if abort_timeout is None else abort_timeout
+        #: Ordinary requests honour ``should_stop`` (the edge's stop request) while they wait.
+        self.calls = _StopAware(should_stop)
         self._batch_delete = True  # cleared the first time the store rejects DeleteObjects
         self._lock_enabled: dict[str, bool | None] = {}  # bucket -> object_lock_enabled(), asked once
 
@@ -500,7 +563,8 @@ class S3Storage:
             return self._lock_enabled[bucket]
         enabled: bool | None
         try:
-            conf = self.client.get_object_lock_configuration(Bucket=bucket).get("ObjectLockConfiguration", {})
+            conf = self.calls.run("get object lock configuration", bucket, "", lambda: (
+                self.client.get_object_lock_configuration(Bucket=bucket))).get("ObjectLockConfiguration", {})
             enabled = conf.get("ObjectLockEnabled") == "Enabled"
         except botocore.exceptions.ClientError as exc:
             if _code(exc) == "ObjectLockConfigurationNotFoundError":
@@ -522,17 +586,23 @@ class S3Storage:
         """PutObjectRetention on the object's current version. S3 refuses to shorten a COMPLIANCE lock
         (and a GOVERNANCE one without the bypass permission), so callers compare with head() first."""
         try:
-            self.client.put_object_retention(Bucket=bucket, Key=key,
-                                             Retention={"Mode": mode, "RetainUntilDate": until})
+            self.calls.run("extend lock", bucket, key, lambda: self.client.put_object_retention(
+                Bucket=bucket, Key=key, Retention={"Mode": mode, "RetainUntilDate": until}))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             err = _error("extend lock", bucket, key, exc)
             if isinstance(exc, botocore.exceptions.ClientError) and _code(exc) in ("AccessDenied", "403"):
                 err = StorageError(f"{err}. Fix: allow s3:PutObjectRetention on the bucket")
             raise err from None
 
+    def _pages(self, op: str, bucket: str, prefix: str, pages: Any) -> Iterator[Any]:
+        """A paginator's pages, each request waited for as :class:`_StopAware` does."""
+        it = iter(pages)
+        while (page := self.calls.run(op, bucket, prefix, lambda: next(it, None))) is not None:
+            yield page
+
     def check_bucket(self, bucket: str) -> None:
         try:
-            self.client.head_bucket(Bucket=bucket)
+            self.calls.run("check bucket", bucket, "", lambda: self.client.head_bucket(Bucket=bucket))
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
             if code in ("404", "NoSuchBucket", "NotFound"):
@@ -550,7 +620,7 @@ class S3Storage:
     def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for page in pages:
+            for page in self._pages("list", bucket, prefix, pages):
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(bucket, obj["Key"], int(obj["Size"]), obj.get("LastModified"),
                                      etag=obj.get("ETag"))
@@ -559,7 +629,7 @@ class S3Storage:
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
         try:
-            r = self.client.head_object(Bucket=bucket, Key=key)
+            r = self.calls.run("head", bucket, key, lambda: self.client.head_object(Bucket=bucket, Key=key))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise _error("head", bucket, key, exc) from None
         return ObjectInfo(bucket, key, int(r["ContentLength"]), r.get("LastModified"), r.get("Metadata", {}),
@@ -572,7 +642,8 @@ class S3Storage:
                should_stop: Callable[[], bool] = lambda: False, retain_until: datetime | None = None) -> S3Upload:
         """A new object under ``key``; ObjectExistsError at once if the key already holds one (the
         commit checks again with If-None-Match, for a writer that comes in between)."""
-        if self.retrying("head", bucket, key, lambda: self.client.head_object(Bucket=bucket, Key=key),
+        head = lambda: self.client.head_object(Bucket=bucket, Key=key)  # noqa: E731
+        if self.retrying("head", bucket, key, lambda: self.calls.run("head", bucket, key, head, stop=should_stop),
                          missing_ok=True, attempts_only=True) is not None:
             raise ObjectExistsError(f"upload s3://{bucket}/{key}: a backup already exists under this key (made "
                                     "in the same minute by another run?); it was kept and nothing was written")
@@ -580,7 +651,7 @@ class S3Storage:
 
     def download(self, bucket: str, key: str) -> S3Download:
         try:
-            r = self.client.get_object(Bucket=bucket, Key=key)
+            r = self.calls.run("download", bucket, key, lambda: self.client.get_object(Bucket=bucket, Key=key))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise _error("download", bucket, key, exc) from None
         info = ObjectInfo(bucket, key, int(r["ContentLength"]), r.get("LastModified"), r.get("Metadata", {}))
@@ -636,8 +707,9 @@ class S3Storage:
                 self._delete_singly(bucket, batch)
                 continue
             try:
-                resp = self.client.delete_objects(
-                    Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+                request = {"Objects": [{"Key": k} for k in batch], "Quiet": True}
+                resp = self.calls.run("delete", bucket, batch[0], functools.partial(
+                    self.client.delete_objects, Bucket=bucket, Delete=request))
             except botocore.exceptions.ClientError as exc:
                 err = exc.response.get("Error", {})
                 status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
@@ -671,7 +743,7 @@ class S3Storage:
     def pending_uploads(self, bucket: str, prefix: str) -> Iterator[PendingUpload]:
         try:
             pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
-            for page in pages:
+            for page in self._pages("list uploads", bucket, prefix, pages):
                 for u in page.get("Uploads", []):
                     yield PendingUpload(bucket, u["Key"], u["UploadId"], u["Initiated"],
                                         self._last_part(bucket, u["Key"], u["UploadId"]))
@@ -682,7 +754,7 @@ class S3Storage:
         """When the newest part of an upload arrived: a live run keeps adding parts."""
         newest = None
         pages = self.client.get_paginator("list_parts").paginate(Bucket=bucket, Key=key, UploadId=upload_id)
-        for page in pages:
+        for page in self._pages("list parts", bucket, key, pages):
             for part in page.get("Parts", []):
                 if newest is None or part["LastModified"] > newest:
                     newest = part["LastModified"]
