@@ -37,8 +37,10 @@ install: $(RUNTIME_STAMP) ## create .venv with the `pgbkp` command and only what
 dev: $(DEV_STAMP) ## install, plus the test and lint tools (pytest, moto, ruff, mypy, import-linter)
 	@echo "installed: $(VENV)/bin/pgbkp and the test and lint tools"
 
+# Two workers, one file each at a time (a file's module fixtures stay on one worker): the suite waits on
+# servers and subprocesses more than it computes, so two halve the time on 2 cores (docs/testing.md).
 test: system-deps dev layer ## run the whole suite against real PostgreSQL, S3 and archive tools
-	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not slow" -n 2 --dist loadfile $(PYTEST_ARGS)
 
 test-slow: system-deps dev layer ## the slow check kept out of `make test` (a ZIP64 member > 4 GiB)
 	$(VENV)/bin/pytest -q -m slow $(PYTEST_ARGS)

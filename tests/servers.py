@@ -105,7 +105,6 @@ class PgCluster:
             shutil.chown(self.root, "postgres")
             shutil.chown(self.sockdir, "postgres")
             shutil.chown(pwfile, "postgres")
-        self.port = self.port or free_port()
         run = _as_server_user()
         subprocess.run(
             [*run, str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", self.user, "-E", "UTF8",
@@ -113,18 +112,28 @@ class PgCluster:
             check=True, capture_output=True,
         )
         pwfile.unlink()
-        opts = [
-            "-c listen_addresses=127.0.0.1", f"-p {self.port}", f"-k {self.sockdir}", "-c fsync=off",
-            "-c full_page_writes=off", "-c synchronous_commit=off", "-c max_connections=50",
-        ]
         if self.ssl:
             self._make_certificate()
-            opts += ["-c ssl=on", "-c ssl_cert_file=server.crt", "-c ssl_key_file=server.key"]
-        subprocess.run(
-            [*run, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.root / "server.log"),
-             "-o", " ".join(opts), "-w", "-t", "60", "start"],
-            check=True, capture_output=True,
-        )
+        chosen = self.port is None or self.port == 0
+        self.port = self.port or free_port()
+        for attempt in range(3):
+            opts = [
+                "-c listen_addresses=127.0.0.1", f"-p {self.port}", f"-k {self.sockdir}", "-c fsync=off",
+                "-c full_page_writes=off", "-c synchronous_commit=off", "-c max_connections=50",
+            ]
+            if self.ssl:
+                opts += ["-c ssl=on", "-c ssl_cert_file=server.crt", "-c ssl_key_file=server.key"]
+            started = subprocess.run(
+                [*run, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.root / "server.log"),
+                 "-o", " ".join(opts), "-w", "-t", "60", "start"],
+                capture_output=True, check=False,
+            )
+            if started.returncode == 0:
+                return self
+            # The port found free was taken before the server bound it (another suite, another worker).
+            if not chosen or attempt == 2:
+                started.check_returncode()
+            self.port = free_port()
         return self
 
     def _make_certificate(self) -> None:
@@ -207,14 +216,19 @@ class S3Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> S3Server:
-        self.port = self.port or free_port()
+        chosen = not self.port
         env = dict(os.environ, MOTO_ALLOW_NONEXISTENT_REGION="true")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
-        )
-        wait_for_port(self.port)
-        return self
+        for _attempt in range(3):
+            self.port = self.port or free_port()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+            )
+            wait_for_port(self.port)
+            if self.proc.poll() is None or not chosen:
+                return self
+            self.port = 0  # it could not bind the port found free (taken meanwhile): another one
+        raise RuntimeError("moto server: no free port could be bound")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

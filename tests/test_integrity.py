@@ -11,7 +11,7 @@ import pytest
 from pgbkp import integrity
 from pgbkp.archive import ArchiveError, MemberReader, ZipStreamWriter
 
-DATA = b"".join(b"row %d of a table that compresses well\n" % (i % 100) for i in range(20000))
+DATA = b"".join(b"row %d of a table that compresses well\n" % (i % 100) for i in range(3000))
 
 
 def archive(password: bytes | None) -> tuple[bytes, int]:
