@@ -364,6 +364,8 @@ class Bench:
         env.update(self.s3.env())
         env.update(PG_URLS=f"bench|bucket={BUCKET}|{self.pg.url()}", PG_BIN_DIR=str(self.pg.bindir),
                    ZIP_COMPRESSION_LEVEL=str(self.level), TMPDIR=str(tmpdir), LOG_LEVEL="WARNING",
+                   # the backup's own disk use is measured, not the log file a cron user may keep
+                   LOG_FILE="off",
                    # .pyc caching is the interpreter's, not the backup's: keep it out of the disk count
                    PYTHONDONTWRITEBYTECODE="1")
         if self.password:
