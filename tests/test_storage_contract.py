@@ -13,10 +13,11 @@ import base64
 import concurrent.futures
 import hashlib
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -598,3 +599,19 @@ def test_a_stop_ends_a_wait_on_a_stalled_control_request(s3: S3Server, proxy: S3
     with pytest.raises(UploadStoppedError, match=rf"^list s3://{bucket}/db/: stopped before the request was sent$"):
         list(storage.list(bucket, "db/"))
     gate.release()
+
+
+def test_finished_parts_are_not_kept_by_idle_part_threads(s3: S3Server, bucket: str) -> None:
+    """Memory stays (concurrency + 1) parts: a part thread must drop its finished part at once, not hold it
+    until the next one arrives (which added a part per thread: 148 MiB peak instead of ~100 in the bench)."""
+    concurrency = 4
+    up = S3Storage(settings_for(s3, concurrency=concurrency)).upload(bucket, "k")
+    write_all(up, os.urandom(concurrency * PART), chunk=PART)
+    concurrent.futures.wait(up._futures)  # every part done; the threads now wait for the next
+    assert up._threads is not None
+    frames = sys._current_frames()
+    idle = [frames[t.ident] for t in up._threads._threads if t.ident in frames]
+    assert len(idle) == concurrency
+    held = [name for f in idle for name, v in f.f_locals.items() if callable(v) or isinstance(v, tuple | Future)]
+    assert held == []  # no finished item, future or part closure (with its bytes) kept by an idle thread
+    up.commit()

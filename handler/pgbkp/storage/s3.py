@@ -210,6 +210,9 @@ class _PartThreads:
                 fut.set_exception(exc)
             else:
                 fut.set_result(None)
+            # Drop the finished part's closure (its bytes) now, not when the next part arrives: an idle
+            # thread holding its last part would add a part per thread to the memory bound.
+            del item, fut, fn
 
     def stop(self) -> None:
         for _ in self._threads:
