@@ -33,8 +33,6 @@ from pgbkp.storage.s3 import S3Storage
 
 log = logging.getLogger("pgbkp.cli")
 
-#: The signals that stop ``pgbkp backup`` cleanly: no new database, the one in flight aborted.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 EXIT_CODES = ("Exit codes: 0 all good, 1 some backup failed (the others still ran), 2 configuration or usage "
               "error (nothing ran), 128+N stopped by signal N (130 Ctrl-C/SIGINT, 143 SIGTERM, 129 SIGHUP).")
 
@@ -103,7 +101,7 @@ class _StopFlag:
 
     @contextmanager
     def installed(self) -> Iterator[_StopFlag]:
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in runner.STOP_SIGNALS}  # as serve's
         try:
             yield self
         finally:
