@@ -111,10 +111,6 @@ class RunResult:
     def ok(self) -> bool:
         return all(r.status in OK_STATUSES for r in self.results)
 
-    @property
-    def failed(self) -> list[DatabaseResult]:
-        return [r for r in self.results if r.status == "failed"]
-
 
 class Observer(Protocol):
     """Progress hooks; the CLI draws bars, the runner logs lines, Lambda emits metrics."""
