@@ -859,3 +859,25 @@ def test_filter_refuses_a_header_line_no_dump_has() -> None:
                        r"\.AAAAAAAA \(line 2\), which pg_dump never writes: refused$"):
         for _ in range(20):
             f.feed(b"COPY public." + b"A" * (1 << 20) if not f._carry else b"A" * (1 << 20))
+
+
+def test_damage_that_still_inflates_is_named_as_damage_not_as_a_psql_error(
+        pg: PgCluster, s3: S3Server, bucket: str, databases: list[str]) -> None:
+    """Stored deflate blocks (level 0, no AES) carry the SQL as it is: a flipped byte in a keyword still
+    inflates, and psql stops at that statement, so writing the rest (more than its 1 MiB pipe) fails
+    first. The restore reads on and names the real cause: the archive's CRC."""
+    sql = "CREATE TABLE t (x text); INSERT INTO t SELECT repeat(md5(g::text), 8) FROM generate_series(1, 30000) g"
+    with pg.temporary_database(unique("src_inflates"), sql) as source:
+        env = {**make_env(pg, s3, password=None), "ZIP_COMPRESSION_LEVEL": "0"}
+        key = run_backup(env, source).key
+    body = s3_client(s3).get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert len(body) > 7 << 20  # the dump outgrows psql's 1 MiB pipe many times over
+    _flip(s3, key, body.index(b"CREATE TABLE") + 2)  # CREATE -> CRDATE
+    target = unique("dst_inflates")
+    databases.append(target)
+    cfg = config_mod.load(env)
+    with pytest.raises(restore.IntegrityError, match=r"the archive is corrupt \(read zip .*: CRC mismatch in data "
+                       r"descriptor .*nothing was committed"):
+        restore.restore(cfg, PREFIX, restore.select_backup(cfg, PREFIX, source, storage=s3_store(cfg)),
+                        pg.url(target), create=True, storage=s3_store(cfg))
+    assert target not in pg.databases()

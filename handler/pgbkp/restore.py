@@ -594,10 +594,17 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, stora
             postgres.create_database(target, db, bindir=bindir)
             created = True
         session = postgres.RestoreSession(target, db, bindir=bindir)
-        session.write(one.feed(adapt_header(first, postgres.server_version_num(target, bindir=bindir))))
-        for chunk in chunks:
-            session.write(one.feed(chunk))
-        session.write(one.flush())
+        try:
+            session.write(one.feed(adapt_header(first, postgres.server_version_num(target, bindir=bindir))))
+            for chunk in chunks:
+                session.write(one.feed(chunk))
+            session.write(one.flush())
+        except postgres.PostgresError:
+            # A damaged archive can still inflate, into SQL that psql rejects: read on, so that the
+            # archive's own checks name the real cause (the psql error stands if the archive is sound).
+            for _ in chunks:
+                pass
+            raise
         hashing.drain()
         result.checks.append("AES authentication code" if hashing.encrypted else "ZIP CRC-32")
         _check_object(backup, download, hashing, reader, result)
