@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+from pgbkp import integrity
 from tests.helpers import PGBKP, all_keys, dump_sql, make_bucket, s3_client
 from tests.servers import PgCluster, S3Server, temp_root
 
@@ -57,11 +58,13 @@ def main() -> int:
         step("backing up every database: pg_dump -> AES-256 ZIP -> S3 multipart upload, no temp files")
         run(["backup"], env)
 
-        step("the objects in the bucket")
+        step("the objects in the bucket, each ending with its own integrity record (the ZIP comment)")
         client = s3_client(s3)
         for key in all_keys(s3, bucket):
-            head = client.head_object(Bucket=bucket, Key=key)
-            print(f"  s3://{bucket}/{key}  {head['ContentLength']} bytes  sha256={head['Metadata']['sha256'][:16]}…")
+            tail = client.get_object(Bucket=bucket, Key=key, Range="bytes=-400")["Body"].read()
+            record = integrity.parse(tail[tail.rindex(integrity.MAGIC):])
+            print(f"  s3://{bucket}/{key}  {record.size + len(record.encode())} bytes  "
+                  f"sha256={record.sha256[:16]}…  dump {record.raw_size} bytes")
 
         step("listing backups")
         run(["list"], env)
