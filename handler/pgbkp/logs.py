@@ -84,7 +84,6 @@ def setup(level: str = "INFO", fmt: str | None = None, stream: TextIO | None = N
 # The local runner's log file
 
 DEFAULT_LOG_FILE = "/var/log/pg-backup.log"
-FORMATS = ("json", "text")
 #: Values of LOG_FILE that mean "no log file".
 NO_FILE = ("", "-", "off", "none", "false")
 MAX_BYTES = 10 * 1024 * 1024
