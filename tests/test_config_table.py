@@ -13,7 +13,18 @@ from typing import Any
 
 import pytest
 
-from pgbkp import handler_core, health, logs, pipeline, postgres, runner, schedule, settings_secrets
+from pgbkp import (
+    cli,
+    dispatch,
+    handler_core,
+    health,
+    logs,
+    pipeline,
+    postgres,
+    runner,
+    schedule,
+    settings_secrets,
+)
 from pgbkp.config import VARIABLES, ConfigError, Variable, load, setting
 from pgbkp.config import docs as config_docs
 from pgbkp.config.variables import BY_NAME, GROUPS, LOADER, Number
@@ -115,6 +126,15 @@ def _max_age(env: Mapping[str, str]) -> Any:
     return seen[0]
 
 
+def _fargate(env: Mapping[str, str]) -> dispatch.FargateSettings:
+    """The function's Fargate settings, with the three a task needs set unless ``env`` gives its own."""
+    base = {"FARGATE_CLUSTER": "pgbkp", "FARGATE_TASK_DEFINITION": "pgbkp-backup:1",
+            "FARGATE_SUBNETS": "subnet-0123456789abcdef0"}
+    settings = dispatch.FargateSettings.from_env({**base, **env})
+    assert settings is not None
+    return settings
+
+
 READERS: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "PG_LOCK_WAIT_TIMEOUT_SECONDS": lambda env: pipeline.lock_wait_timeout(load({**BASE, **env})),
     "SHUTDOWN_GRACE_SECONDS": _grace,
@@ -123,6 +143,12 @@ READERS: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "TIME_HARD_MARGIN_SECONDS": lambda env: handler_core.TimeLimits.from_env(env).hard_margin,
     "TIME_ESTIMATE_MB_PER_SECOND": lambda env: handler_core.TimeLimits.from_env(env).mb_per_second,
     "SECRETS_MAX_AGE_SECONDS": _max_age,
+    "FARGATE_SUBNETS": lambda env: _fargate(env).subnets if env else None,
+    "FARGATE_SECURITY_GROUPS": lambda env: _fargate(env).security_groups or None,
+    "FARGATE_ASSIGN_PUBLIC_IP": lambda env: _fargate(env).assign_public_ip,
+    # Read where it is decided: on with stdout, or with auto inside ECS; off otherwise.
+    "PGBKP_EMF": lambda env: {(True, True): "stdout", (False, True): "auto", (False, False): "off"}[
+        (cli.emf_to_stdout(env), cli.emf_to_stdout({**env, cli.ECS_MARKER: "http://169.254.170.2/v4/x"}))],
 }
 
 

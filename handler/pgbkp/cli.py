@@ -20,14 +20,14 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from pgbkp import __version__, handler_core, health, logs, progress, restore_cli, runner
-from pgbkp.config import Config, ConfigError, load
+from pgbkp import __version__, emf, handler_core, health, logs, progress, restore_cli, runner
+from pgbkp.config import Config, ConfigError, load, setting
 from pgbkp.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_selection, size, summary_text, table
-from pgbkp.pipeline import StorageCache
+from pgbkp.pipeline import DatabaseResult, StorageCache
 from pgbkp.redact import redact
 from pgbkp.storage.s3 import S3Storage
 
@@ -52,6 +52,8 @@ def print_summary(summary: Mapping[str, Any], out: Any = None, *, errors: bool =
         where = f"s3://{r['bucket']}/{r['key']}" if r["key"] else "-"
         if r["status"] == "dry-run":  # nothing was dumped: all we know is the size on disk
             dumped, stored, seconds = f"~{size(r['size_estimate'])} on disk (estimate)", "-", "-"
+        elif r["status"] == "dispatched":  # backed up by an ECS Fargate task, which reports it itself
+            where, dumped, stored, seconds = r["task_arn"], f"~{size(r['size_estimate'])} on disk", "-", "-"
         else:
             dumped, stored, seconds = size(r["raw_bytes"]), size(r["object_bytes"]), f"{r['seconds']:.1f}"
         rows.append([f"{r['connection']}/{r['database']}", where, dumped, stored, seconds, r["status"]])
@@ -109,6 +111,29 @@ class _StopFlag:
                 signal.signal(sig, handler)
 
 
+#: ECS sets it in every container of a task (metadata endpoint v4, Fargate platform 1.4.0 and later).
+ECS_MARKER = "ECS_CONTAINER_METADATA_URI_V4"
+
+
+def emf_to_stdout(env: Mapping[str, str]) -> bool:
+    """PGBKP_EMF: ``stdout``, or ``auto`` (the default) inside an ECS task."""
+    mode = setting(env, "PGBKP_EMF")
+    return mode == "stdout" or (mode == "auto" and bool(env.get(ECS_MARKER)))
+
+
+def emf_report(service: str, out: Any = None) -> Callable[[DatabaseResult], None]:
+    """``Edge.report`` for the Fargate task: each database's EMF document on stdout (the awslogs driver
+    sends it to CloudWatch, which extracts the metrics), as the Lambda function emits them."""
+
+    def report(result: DatabaseResult) -> None:
+        line = emf.document(connection=result.connection, database=result.database, service=service,
+                            ok=result.status == "ok", object_bytes=result.object_bytes, seconds=result.seconds,
+                            retention_deleted=sum(a.action == "delete" and a.done for a in result.retention))
+        print(line, file=out or sys.stdout, flush=True)
+
+    return report
+
+
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     """Back up through the handler (as ``serve`` and Lambda do), with the runner's pings and log file."""
     runner.add_log_file(config)
@@ -121,6 +146,8 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     stop = _StopFlag()
     stores = StorageCache(lambda settings: S3Storage(settings, should_stop=stop.is_set))
     edge = handler_core.Edge(storage_for=stores, observers=[progress.make_observer()], should_stop=stop.is_set)
+    if emf_to_stdout(config.env) and not args.dry_run:
+        edge.report = emf_report(config.env.get("POWERTOOLS_SERVICE_NAME") or "pgbkp")
     with stop.installed():
         pinger.start("pgbkp backup started")
         try:

@@ -15,12 +15,11 @@ with its own role, from the same environment and secrets the function has.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pgbkp.config import ConfigError, parse_bool, parse_int
+from pgbkp.config import ConfigError, setting
 from pgbkp.output import size
 from pgbkp.redact import redact
 
@@ -31,13 +30,10 @@ FARGATE_PARAMETER = "FargateSubnets"
 #: What the function's environment carries when the template's Fargate resources exist.
 FARGATE_VARIABLES = ("FARGATE_CLUSTER", "FARGATE_TASK_DEFINITION", "FARGATE_SUBNETS", "FARGATE_SECURITY_GROUPS",
                      "FARGATE_ASSIGN_PUBLIC_IP", "FARGATE_CONTAINER")
-#: The task definition's container (template.yaml, BackupTaskDefinition); its entry point is ``pgbkp``.
+#: The task definition's container (template.yaml, BackupTaskDefinition; FARGATE_CONTAINER's default).
 DEFAULT_CONTAINER = "pgbkp"
 #: ECS keeps this on the task (``startedBy``), so a console or `aws ecs list-tasks --started-by` finds ours.
 STARTED_BY = "pgbkp"
-
-_SUBNET = re.compile(r"subnet-[0-9a-f]{8,17}")
-_SECURITY_GROUP = re.compile(r"sg-[0-9a-f]{8,17}")
 
 
 class FargateDispatchError(Exception):
@@ -55,11 +51,8 @@ class TimeLimits:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TimeLimits:
-        def number(name: str, default: int, minimum: int) -> int:
-            return parse_int(env.get(name, "") or str(default), name, minimum=minimum, maximum=MAX_LAMBDA_SECONDS)
-
-        return cls(number("TIME_SAFETY_MARGIN_SECONDS", 120, 0), number("TIME_HARD_MARGIN_SECONDS", 20, 1),
-                   number("TIME_ESTIMATE_MB_PER_SECOND", 10, 1))
+        return cls(setting(env, "TIME_SAFETY_MARGIN_SECONDS"), setting(env, "TIME_HARD_MARGIN_SECONDS"),
+                   setting(env, "TIME_ESTIMATE_MB_PER_SECOND"))
 
     def dump_seconds(self, size_bytes: int) -> float:
         """Seconds a dump may need at the measured rate (decimal MB: the size on disk over-counts anyway)."""
@@ -147,21 +140,9 @@ class FargateSettings:
                                   "FARGATE_CLUSTER, FARGATE_TASK_DEFINITION and FARGATE_SUBNETS together "
                                   f"(template.yaml does, from {FARGATE_PARAMETER}), or unset every FARGATE_* "
                                   "variable to keep every database in Lambda.")
-        subnets = _ids(values["FARGATE_SUBNETS"], "FARGATE_SUBNETS", _SUBNET, "subnet-0123456789abcdef0")
-        groups = _ids(values["FARGATE_SECURITY_GROUPS"], "FARGATE_SECURITY_GROUPS", _SECURITY_GROUP,
-                      "sg-0123456789abcdef0")
-        public = parse_bool(values["FARGATE_ASSIGN_PUBLIC_IP"] or "false", "FARGATE_ASSIGN_PUBLIC_IP")
-        return cls(values["FARGATE_CLUSTER"], values["FARGATE_TASK_DEFINITION"], subnets, groups, public,
-                   values["FARGATE_CONTAINER"] or DEFAULT_CONTAINER)
-
-
-def _ids(value: str, name: str, pattern: re.Pattern[str], example: str) -> tuple[str, ...]:
-    items = tuple(dict.fromkeys(x.strip() for x in value.split(",") if x.strip()))
-    for item in items:
-        if not pattern.fullmatch(item):
-            raise ConfigError(f"{name}: {item!r} is not an id of that kind. Fix: comma-separated ids such as "
-                              f"{example}.")
-    return items
+        return cls(setting(env, "FARGATE_CLUSTER"), setting(env, "FARGATE_TASK_DEFINITION"),
+                   setting(env, "FARGATE_SUBNETS"), setting(env, "FARGATE_SECURITY_GROUPS") or (),
+                   setting(env, "FARGATE_ASSIGN_PUBLIC_IP"), setting(env, "FARGATE_CONTAINER"))
 
 
 class EcsClient(Protocol):

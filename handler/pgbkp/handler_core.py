@@ -40,13 +40,14 @@ multipart upload is left behind) and that database is reported as failed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pgbkp import pipeline
+from pgbkp import dispatch, pipeline
 from pgbkp.config import Config, ConfigError, Connection, load, setting
 from pgbkp.output import OK_STATUSES
 from pgbkp.pipeline import DatabaseResult, DumpSource, Job, MultiObserver, NullObserver, Observer
@@ -166,6 +167,9 @@ class Edge:
     scope: Callable[[Mapping[str, str]], AbstractContextManager[Any]] = field(default=lambda keys: nullcontext())
     #: The caller's own stop request (the runner's shutdown): no new database starts, a dump in flight aborts.
     should_stop: Callable[[], bool] = field(default=lambda: False)
+    #: Lambda with the template's Fargate resources: start an ECS Fargate task that backs up this job's
+    #: database and return the task's ARN (raise if none started). None: Fargate is off.
+    fargate: Callable[[Job], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -319,6 +323,9 @@ def _backup_connection(config: Config, conn: Connection, request: Request, conte
     budget = _Budget(context, limits) if context is not None else None
     the_plan = edge.wrap(pipeline.plan)(config, connections=[conn.index], databases=request.databases,
                                         source=edge.source)
+    dispatched: list[DatabaseResult] = []
+    if budget is not None and not request.dry_run:
+        the_plan, dispatched = _send_to_fargate(config, conn, the_plan, edge)
     run = edge.wrap(pipeline.run)(
         config, the_plan,
         storage_for=edge.storage_for,
@@ -328,7 +335,7 @@ def _backup_connection(config: Config, conn: Connection, request: Request, conte
         before_job=budget.before_job if budget else lambda job, rest: True,
         dry_run=request.dry_run,
     )
-    results = list(run.results)
+    results = dispatched + list(run.results)
     if budget and budget.tripped:
         job, left = budget.tripped
         for r in results:
@@ -344,6 +351,52 @@ def _backup_connection(config: Config, conn: Connection, request: Request, conte
                   f"{budget.limits.hard_margin:.0f}. Fix: raise the function's timeout")
         return results + [_not_started(job, reason) for job in run.deferred], [], run.skipped
     return results, list(run.deferred), run.skipped
+
+
+@dataclass
+class DispatchedResult(DatabaseResult):
+    """A database sent to an ECS Fargate task. The task backs it up and reports the outcome itself (its
+    logs, EMF metrics and exit code), so this result only says where it went: no key (the task names its
+    object when it starts), no bytes."""
+
+    dispatched_to: str = "fargate"
+    task_arn: str = ""
+
+
+def _send_to_fargate(config: Config, conn: Connection, the_plan: pipeline.Plan,
+                     edge: Edge) -> tuple[pipeline.Plan, list[DatabaseResult]]:
+    """In Lambda, before any dump: a database whose dump cannot fit one fresh invocation, however often the
+    rest is handed on, goes to an ECS Fargate task (``edge.fargate``) instead; the plan keeps the others.
+    Without Fargate it stays, with a warning naming it and the template parameter to set."""
+    decided = dispatch.plan(conn.name, [dispatch.Database(j.database, j.size_estimate) for j in the_plan.jobs],
+                            limits=dispatch.TimeLimits.from_env(config.env), fargate=edge.fargate is not None)
+    for warning in decided.warnings:
+        log.warning("%s", warning, extra={"connection": conn.name})
+    if edge.fargate is None or not decided.to_fargate:
+        return the_plan, []
+    leaving = set(decided.to_fargate)
+    results = [_start_task(job, edge.fargate) for job in the_plan.jobs if job.database in leaving]
+    return dataclasses.replace(the_plan, jobs=[j for j in the_plan.jobs if j.database not in leaving]), results
+
+
+def _start_task(job: Job, start: Callable[[Job], str]) -> DatabaseResult:
+    """One database to Fargate; a refusal fails that database only (it was not started anywhere)."""
+    ctx = {"connection": job.connection.name, "database": job.database}
+    try:
+        arn = start(job)
+    except Exception as exc:  # dispatch.FargateDispatchError, or the edge's client failing to be made
+        text = str(exc) if isinstance(exc, dispatch.FargateDispatchError) else (
+            f"run ECS task for {job.connection.name}/{job.database}: {type(exc).__name__}: {exc}")
+        result = DatabaseResult(job.connection.name, job.database, job.bucket, error=redact(
+            f"{text}. Not backed up. Fix: the function's role needs ecs:RunTask on FARGATE_TASK_DEFINITION and "
+            "iam:PassRole on its two roles (template.yaml grants both), and ECS must have Fargate capacity in "
+            "FARGATE_SUBNETS"), size_estimate=job.size_estimate)
+        log.error("%s", result.error, extra=ctx)
+        return result
+    log.info("sent %s to ECS Fargate (about %d bytes on disk, more than one invocation can dump): task %s",
+             job.database, job.size_estimate, arn, extra=ctx)
+    return DispatchedResult(job.connection.name, job.database, job.bucket, status="dispatched",
+                            size_estimate=job.size_estimate, task_arn=arn)
 
 
 def _hand_off(conn: Connection, deferred: list[Job], edge: Edge) -> tuple[dict[str, Any] | None,

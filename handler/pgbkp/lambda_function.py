@@ -10,7 +10,9 @@ The event contract is in :mod:`pgbkp.handler_core`. Metrics (namespace ``pgbkp``
 database, with the dimensions ``connection``, ``database`` and ``service`` (one dimension set, so a
 Metrics Insights ``SUM`` over the namespace counts each backup once, as the template's alarm does):
 ``BackupSucceeded``, ``BackupFailed`` (Count), ``BackupBytes`` (Bytes, the stored object),
-``BackupSeconds`` (Seconds), ``RetentionDeleted`` (Count). Per invocation, with ``service`` only:
+``BackupSeconds`` (Seconds), ``RetentionDeleted`` (Count); for a database sent to ECS Fargate,
+``BackupDispatched`` (Count) instead, since its task reports the others (``pgbkp.emf``). Per invocation, with
+``service`` only:
 ``ConnectionsDispatched`` and ``DatabasesHandedOff`` (Count), and Powertools' ``ColdStart``.
 """
 
@@ -20,14 +22,14 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
-from pgbkp import handler_core, settings_secrets
+from pgbkp import dispatch, handler_core, settings_secrets
 from pgbkp.config import ConfigError
 from pgbkp.logs import RedactingFilter
 from pgbkp.pipeline import DatabaseResult, Job, NullObserver, StorageCache
@@ -81,6 +83,23 @@ def lambda_client() -> Any:
     import boto3
 
     return boto3.client("lambda")
+
+
+@functools.cache
+def ecs_client() -> Any:
+    """boto3's ECS client (RunTask for a database too big for one invocation), made once per container."""
+    import boto3
+
+    return boto3.client("ecs")
+
+
+def make_fargate(settings: dispatch.FargateSettings) -> Callable[[Job], str]:
+    """Start the template's Fargate task for one database; its ARN, or FargateDispatchError."""
+
+    def start(job: Job) -> str:
+        return str(dispatch.run_task(ecs_client(), settings, job.connection.name, job.database)["task_arn"])
+
+    return start
 
 
 def invoke_fix(function_name: str) -> str:
@@ -143,6 +162,10 @@ def report(result: DatabaseResult) -> None:
     try:
         metrics.add_dimension("connection", result.connection)
         metrics.add_dimension("database", result.database)
+        if result.status == "dispatched":  # its Fargate task emits the outcome (pgbkp.emf), once
+            metrics.add_metric("BackupDispatched", MetricUnit.Count, 1)
+            metrics.flush_metrics()
+            return
         metrics.add_metric("BackupSucceeded", MetricUnit.Count, int(ok))
         metrics.add_metric("BackupFailed", MetricUnit.Count, int(not ok))
         metrics.add_metric("BackupBytes", MetricUnit.Bytes, result.object_bytes)
@@ -157,14 +180,16 @@ def report(result: DatabaseResult) -> None:
 def edge(env: Mapping[str, str], context: Any) -> handler_core.Edge:
     """The Lambda edge: the S3 store (one client per distinct S3 settings, per invocation), an invoker when
     really in Lambda, tracing, metrics, log keys."""
-    invoker = None
+    invoker = fargate = None
     if handler_core.running_in_lambda(env):
         name = getattr(context, "function_name", None) or env["AWS_LAMBDA_FUNCTION_NAME"]
         invoker = make_invoker(name)
+        settings = dispatch.FargateSettings.from_env(env)  # None without the template's Fargate resources
+        fargate = make_fargate(settings) if settings else None
     # The time budget stops a backup's own requests (the upload's, through the pipeline's should_stop),
     # so a request stalled on the store cannot outlast the invocation; the others need no stop here.
     return handler_core.Edge(storage_for=StorageCache(S3Storage), invoker=invoker, observers=[EdgeObserver()],
-                             wrap=tracer.capture_method, report=report, scope=log_keys)
+                             wrap=tracer.capture_method, report=report, scope=log_keys, fargate=fargate)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -18,8 +18,9 @@ from typing import Any
 #: 0 all good; 1 some backup, restore or check failed; 2 a configuration or usage error (nothing ran).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-#: The statuses of a result that count as success.
-OK_STATUSES = ("ok", "dry-run")
+#: The statuses of a result that count as success. "dispatched": handed to an ECS Fargate task, which
+#: backs it up and reports the outcome itself (its logs, metrics and exit code).
+OK_STATUSES = ("ok", "dry-run", "dispatched")
 
 
 def size(n: float) -> str:
@@ -56,6 +57,10 @@ def summary_text(results: Sequence[Mapping[str, Any]]) -> str:
     lines = []
     for r in results:
         where = f"s3://{r['bucket']}/{r['key']}" if r.get("key") else "-"
+        if r["status"] == "dispatched":  # nothing done here: the task reports its own backup
+            lines.append(f"{r['status']:<8} {r['connection']}/{r['database']} to {r.get('dispatched_to')} task "
+                         f"{r.get('task_arn')}")
+            continue
         line = (f"{r['status']:<8} {r['connection']}/{r['database']} {where} "
                 f"{size(r.get('raw_bytes') or 0)} dumped, {size(r.get('object_bytes') or 0)} "
                 f"stored, {float(r.get('seconds') or 0):.1f}s")

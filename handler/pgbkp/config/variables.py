@@ -8,6 +8,7 @@ is written once. The typo check (:mod:`pgbkp.config.typos`) knows every name her
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -171,6 +172,31 @@ def _access_key(value: str, name: str) -> Secret:
     return Secret(value, scrub=False)  # an identifier, not a secret
 
 
+class AwsIds:
+    """Comma-separated AWS ids of one kind (``subnet-…``, ``sg-…``), each checked, duplicates dropped."""
+
+    __slots__ = ("example", "pattern")
+
+    def __init__(self, prefix: str) -> None:
+        self.pattern = re.compile(rf"{prefix}-[0-9a-f]{{8,17}}")
+        self.example = f"{prefix}-0123456789abcdef0"
+
+    def __call__(self, value: str, name: str) -> tuple[str, ...]:
+        items = tuple(dict.fromkeys(x.strip() for x in value.split(",") if x.strip()))
+        for item in items:
+            if not self.pattern.fullmatch(item):
+                raise ConfigError(f"{name}: {show(item)} is not an id of that kind. Fix: comma-separated ids "
+                                  f"such as {self.example}.")
+        return items
+
+
+def _emf(value: str, name: str) -> str:
+    choice = value.lower()
+    if choice not in EMF_MODES:
+        raise ConfigError(f"{name}: {show(value)} is not an EMF mode. Fix: use one of {', '.join(EMF_MODES)}.")
+    return choice
+
+
 def _retention(unit: str) -> Number:
     return Number(0, MAX_RETENTION[unit])
 
@@ -179,6 +205,9 @@ def _retention(unit: str) -> Number:
 # The table, in the reference's order
 
 #: Group key -> the heading of its table in docs/configuration.md.
+#: PGBKP_EMF: ``auto`` prints EMF metrics on stdout inside an ECS task (ECS_CONTAINER_METADATA_URI_V4 set).
+EMF_MODES = ("auto", "stdout", "off")
+
 GROUPS = {
     "backup": "What to back up",
     "s3": "Where to store it",
@@ -186,7 +215,7 @@ GROUPS = {
     "retention": "Retention",
     "logs": "Time zone and logs",
     "runner": "The local runner (`pgbkp serve`; `pgbkp backup` reads `LOG_FILE` and `HEALTHCHECK_URL` too)",
-    "lambda": "The Lambda function",
+    "lambda": "The Lambda function and its Fargate task",
 }
 
 _BOOL = "`true`/`false` (also `1/0`, `yes/no`, `on/off`)"
@@ -299,15 +328,35 @@ VARIABLES: tuple[Variable, ...] = (
              Number(0), "300", read_by="settings_secrets"),
     Variable("TIME_SAFETY_MARGIN_SECONDS", "lambda",
              "time kept free before starting another database; else the rest goes to a new invocation", "0–900",
-             "`120`", Number(0, 900), "120", read_by="handler_core"),
+             "`120`", Number(0, 900), "120", read_by="handler_core, dispatch"),
     Variable("TIME_HARD_MARGIN_SECONDS", "lambda", "below this, the dump in flight is aborted cleanly and reported",
-             "1–900", "`20`", Number(1, 900), "20", read_by="handler_core"),
+             "1–900", "`20`", Number(1, 900), "20", read_by="handler_core, dispatch"),
     Variable("TIME_ESTIMATE_MB_PER_SECOND", "lambda",
              "conservative dump rate, to estimate a database's time from its size", "1–900", "`10`", Number(1, 900),
-             "10", read_by="handler_core"),
+             "10", read_by="handler_core, dispatch"),
     Variable("PGBKP_LOCAL_RUNNER", "lambda",
              "back up in this process even where `AWS_LAMBDA_FUNCTION_NAME` is set (the image under `docker run`)",
              "any non-empty value", "unset", read_by="handler_core"),
+    # The template sets these from its Fargate* parameters; all empty: no Fargate (pgbkp.dispatch).
+    Variable("FARGATE_CLUSTER", "lambda",
+             "the ECS cluster where a database too big for one invocation is backed up "
+             "([deploy.md](deploy.md#databases-too-big-for-one-invocation-ecs-fargate))",
+             "a cluster name or ARN; with `FARGATE_TASK_DEFINITION` and `FARGATE_SUBNETS`", "none: Fargate off",
+             read_by="dispatch"),
+    Variable("FARGATE_TASK_DEFINITION", "lambda", "the Fargate task definition started for such a database",
+             "`family[:revision]` or an ARN", "none", read_by="dispatch"),
+    Variable("FARGATE_SUBNETS", "lambda", "the subnets the task runs in", "comma-separated `subnet-…` ids",
+             "none", AwsIds("subnet"), read_by="dispatch"),
+    Variable("FARGATE_SECURITY_GROUPS", "lambda", "the task's security groups",
+             "comma-separated `sg-…` ids", "the VPC's default group", AwsIds("sg"), read_by="dispatch"),
+    Variable("FARGATE_ASSIGN_PUBLIC_IP", "lambda", "give the task a public IP (public subnets without NAT)",
+             _BOOL, "`false`", parse_bool, "false", read_by="dispatch"),
+    Variable("FARGATE_CONTAINER", "lambda", "the task definition's container whose command is replaced",
+             "a container name", "`pgbkp`", fallback="pgbkp", read_by="dispatch"),
+    Variable("PGBKP_EMF", "lambda",
+             "`pgbkp backup` prints the Lambda function's metrics (CloudWatch EMF) on stdout, one line per "
+             "database", "`auto` (in an ECS task: `ECS_CONTAINER_METADATA_URI_V4` is set), `stdout`, `off`",
+             "`auto`", _emf, "auto", read_by="cli"),
 )
 
 BY_NAME: Mapping[str, Variable] = {v.name: v for v in VARIABLES}
