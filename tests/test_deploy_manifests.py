@@ -214,7 +214,9 @@ def test_the_task_has_every_setting_of_the_function(template: dict[str, Any]) ->
     function_env = set(template["Resources"]["BackupFunction"]["Properties"]["Environment"]["Variables"])
     [container] = template["Resources"]["BackupTaskDefinition"]["Properties"]["ContainerDefinitions"]
     env, secrets = _names(container["Environment"]), _names(container["Secrets"])
-    assert env | secrets == (function_env - FUNCTION_ONLY) | {"LOG_FORMAT", "LOG_FILE"}
+    assert env | secrets == (function_env - FUNCTION_ONLY) | {"LOG_FORMAT", "LOG_FILE", "PGBKP_EMF"}
+    # The function's metrics, printed by the task as EMF on stdout (awslogs): the failure alarm counts them.
+    assert {"Name": "PGBKP_EMF", "Value": "stdout"} in container["Environment"]
     assert secrets == {"PG_URLS", "ZIP_PASSWORD"}  # from Secrets Manager or SSM through ECS, when given as ARNs
     assert sorted(n for n in env | secrets if n not in {v.name for v in config.VARIABLES}) == []
 

@@ -4,13 +4,14 @@ sends one there, against moto's ECS reached through boto3's own endpoint setting
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import boto3
 import pytest
 
-from pgbkp import cli
+from pgbkp import cli, config, handler_core, lambda_function
 from pgbkp.config import ConfigError
 from pgbkp.dispatch import (
     Database,
@@ -23,6 +24,9 @@ from pgbkp.dispatch import (
     run_task_request,
     task_command,
 )
+from pgbkp.pipeline import Job
+from pgbkp.storage.memory import MemoryStorage
+from tests.fakes import FakeDatabase, FakeDumpSource, FakeLambdaContext
 from tests.servers import S3Server
 
 GB = 1_000_000_000
@@ -270,3 +274,151 @@ def test_the_request_without_security_groups_and_with_a_public_ip() -> None:
         "overrides": {"containerOverrides": [{"name": "app",
                                               "command": ["backup", "--connection=main", "--database=db"]}]},
     }
+
+
+# --- through the handler, as in Lambda: the issue's scenario ---------------------------------------------
+
+#: One connection whose server has the issue's five databases (tests/fakes.py: sizes on disk, tiny dumps).
+SERVER = {"main": [FakeDatabase(d.name, f"-- {d.name}\n".encode(), d.size_bytes) for d in SCENARIO]}
+HANDLER_ENV = {"PG_URLS": "main|postgres://u:pg-secret-in-url@db.invalid/postgres", "S3_BUCKET": "bkt",
+               "ZIP_PASSWORD": "zip-secret-in-env", "TIMEZONE": "UTC", "COMPRESSION_THREADS": "1"}
+
+
+def _lambda_edge(store: MemoryStorage, source: FakeDumpSource, fargate: Any = None) -> handler_core.Edge:
+    """A Lambda-like edge on the memory store: the function's EMF report, and its Fargate hook if given."""
+    return handler_core.Edge(storage_for=lambda conn: store, source=source, report=lambda_function.report,
+                             fargate=fargate)
+
+
+def _fargate_settings(aws: dict[str, str], **env: str) -> FargateSettings:
+    settings = FargateSettings.from_env({"FARGATE_CLUSTER": aws["cluster"],
+                                         "FARGATE_TASK_DEFINITION": aws["task_definition"],
+                                         "FARGATE_SUBNETS": aws["subnet"], "FARGATE_SECURITY_GROUPS": aws["group"],
+                                         **env})
+    assert settings is not None
+    return settings
+
+
+@pytest.fixture
+def ecs_bodies(aws: dict[str, str]) -> Iterator[list[bytes]]:
+    """The Lambda edge's own ECS client (made afresh, on moto), and the RunTask bodies it sends."""
+    lambda_function.ecs_client.cache_clear()
+    bodies: list[bytes] = []
+    lambda_function.ecs_client().meta.events.register(
+        "before-send.ecs.RunTask", lambda request, **kwargs: bodies.append(bytes(request.body or b"")))
+    yield bodies
+    lambda_function.ecs_client.cache_clear()
+
+
+def test_in_lambda_the_small_databases_back_up_and_the_80_gb_one_goes_to_fargate(
+        aws: dict[str, str], ecs_bodies: list[bytes], capsys: pytest.CaptureFixture[str]) -> None:
+    store, source = MemoryStorage(["bkt"]), FakeDumpSource(SERVER)
+    fargate = lambda_function.make_fargate(_fargate_settings(aws))
+    capsys.readouterr()
+
+    summary = handler_core.handle({"connection": "main"}, FakeLambdaContext(), config=config.load(HANDLER_ENV),
+                                  edge=_lambda_edge(store, source, fargate))
+
+    rows = {r["database"]: r for r in summary["results"]}
+    assert summary["ok"] is True
+    assert {name: r["status"] for name, r in rows.items()} == {
+        "warehouse": "dispatched", "app": "ok", "auth": "ok", "billing": "ok", "reports": "ok"}
+    # The big one never started here: no dump, no object, no upload.
+    assert "dump main/warehouse" not in source.events
+    assert sorted(k.split("/")[1] for k in store.objects["bkt"]) == ["app", "auth", "billing", "reports"]
+    big = rows["warehouse"]
+    assert (big["dispatched_to"], big["key"], big["raw_bytes"], big["size_estimate"], big["error"]) == (
+        "fargate", "", 0, 80 * GB, None)
+    # The task ECS started is the one the result names, with the connection and database as its command.
+    ecs = boto3.client("ecs")
+    assert ecs.list_tasks(cluster=aws["cluster"])["taskArns"] == [big["task_arn"]]
+    [task] = ecs.describe_tasks(cluster=aws["cluster"], tasks=[big["task_arn"]])["tasks"]
+    assert task["overrides"]["containerOverrides"] == [
+        {"name": "pgbkp", "command": ["backup", "--connection=main", "--database=warehouse"]}]
+    # One RunTask, carrying names only: no password, key or URL of the function's configuration.
+    [body] = ecs_bodies
+    assert {k: v for k, v in json.loads(body).items() if k != "clientToken"} == run_task_request(
+        _fargate_settings(aws), "main", "warehouse")
+    for secret in (b"pg-secret-in-url", b"zip-secret-in-env", b"db.invalid", b"testing"):
+        assert secret not in body
+    # Metrics: the four small ones as always; the big one counted as dispatched, its task reports the rest.
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    by_db = {d["database"]: d for d in docs}
+    assert sorted(by_db) == ["app", "auth", "billing", "reports", "warehouse"]
+    assert by_db["warehouse"]["BackupDispatched"] == [1.0]
+    assert "BackupFailed" not in by_db["warehouse"] and "BackupSucceeded" not in by_db["warehouse"]
+    assert [by_db[d]["BackupSucceeded"] for d in ("app", "auth", "billing", "reports")] == [[1.0]] * 4
+
+
+def test_without_fargate_the_big_database_runs_in_lambda_with_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store, source = MemoryStorage(["bkt"]), FakeDumpSource(SERVER)
+    invoked: list[dict[str, Any]] = []
+    edge = _lambda_edge(store, source)
+    edge.invoker = invoked.append
+    with caplog.at_level(logging.WARNING, logger="pgbkp.handler_core"):
+        summary = handler_core.handle({"connection": "main"}, FakeLambdaContext(),
+                                      config=config.load(HANDLER_ENV), edge=edge)
+    # As before: the time budget hands it to a fresh invocation, where it starts first (and may run out).
+    assert [(r["database"], r["status"]) for r in summary["results"]] == [
+        ("app", "ok"), ("auth", "ok"), ("billing", "ok"), ("reports", "ok")]
+    assert invoked == summary["handed_off"] == [{"connection": "main", "databases": ["warehouse"]}]
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == plan("main", SCENARIO, limits=DEFAULTS, fargate=False).warnings[0]
+    assert "main/warehouse" in warning and "FargateSubnets" in warning
+
+
+def test_outside_lambda_nothing_is_dispatched_and_nothing_warns(caplog: pytest.LogCaptureFixture) -> None:
+    """pgbkp backup, serve and the Fargate task itself have no time limit (no context): all run here."""
+    store, source = MemoryStorage(["bkt"]), FakeDumpSource(SERVER)
+    started: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="pgbkp.handler_core"):
+        summary = handler_core.handle({"connection": "main"}, None, config=config.load(HANDLER_ENV),
+                                      edge=_lambda_edge(store, source, lambda job: started.append(job.database)))
+    assert [r["status"] for r in summary["results"]] == ["ok"] * 5
+    assert (started, [r for r in caplog.records if r.levelno >= logging.WARNING]) == ([], [])
+
+
+def test_a_refused_run_task_fails_that_database_only(aws: dict[str, str], ecs_bodies: list[bytes]) -> None:
+    store, source = MemoryStorage(["bkt"]), FakeDumpSource(SERVER)
+    missing = "arn:aws:ecs:us-east-1:123456789012:cluster/gone"
+    fargate = lambda_function.make_fargate(_fargate_settings(aws, FARGATE_CLUSTER=missing))
+
+    with pytest.raises(handler_core.BackupFailedError) as exc:
+        handler_core.handle({"connection": "main"}, FakeLambdaContext(), config=config.load(HANDLER_ENV),
+                            edge=_lambda_edge(store, source, fargate))
+
+    rows = {r["database"]: r for r in exc.value.summary["results"]}
+    assert {name: r["status"] for name, r in rows.items()} == {
+        "warehouse": "failed", "app": "ok", "auth": "ok", "billing": "ok", "reports": "ok"}
+    error = rows["warehouse"]["error"]
+    assert error.startswith(f"run ECS task {aws['task_definition']} on cluster {missing} for main/warehouse: "
+                            "An error occurred (ClusterNotFoundException) when calling the RunTask operation")
+    assert error.endswith(". Not backed up. Fix: the function's role needs ecs:RunTask on FARGATE_TASK_DEFINITION "
+                          "and iam:PassRole on its two roles (template.yaml grants both), and ECS must have "
+                          "Fargate capacity in FARGATE_SUBNETS")
+    assert "dump main/warehouse" not in source.events and len(ecs_bodies) == 1
+    assert str(exc.value).startswith("1 of 5 database backups failed: main/warehouse: run ECS task ")
+
+
+def test_a_hook_that_fails_before_ecs_names_the_database() -> None:
+    def no_region(job: Job) -> str:
+        raise RuntimeError("You must specify a region.")
+
+    with pytest.raises(handler_core.BackupFailedError) as exc:
+        handler_core.handle({"connection": "main"}, FakeLambdaContext(), config=config.load(HANDLER_ENV),
+                            edge=_lambda_edge(MemoryStorage(["bkt"]), FakeDumpSource(SERVER), no_region))
+    [failed] = [r for r in exc.value.summary["results"] if r["status"] != "ok"]
+    assert failed["error"].startswith(
+        "run ECS task for main/warehouse: RuntimeError: You must specify a region.. Not backed up. Fix: ")
+
+
+def test_the_lambda_edge_has_a_fargate_hook_only_with_the_templates_settings(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    in_lambda = {"AWS_LAMBDA_FUNCTION_NAME": "pgbkp", **FULL_ENV}
+    assert lambda_function.edge(in_lambda, FakeLambdaContext()).fargate is not None
+    assert lambda_function.edge({"AWS_LAMBDA_FUNCTION_NAME": "pgbkp"}, FakeLambdaContext()).fargate is None
+    # sam local and the image under docker run: no AWS to start tasks in.
+    assert lambda_function.edge({**in_lambda, "AWS_SAM_LOCAL": "true"}, FakeLambdaContext()).fargate is None
+    with pytest.raises(ConfigError, match=r"^FARGATE_SUBNETS: empty while other FARGATE_"):
+        lambda_function.edge({**in_lambda, "FARGATE_SUBNETS": ""}, FakeLambdaContext())
