@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
-from pgbkp import cli, config, handler_core, lambda_function
+from pgbkp import cli, config, handler_core, lambda_function, output
 from pgbkp.config import ConfigError
 from pgbkp.dispatch import (
     Database,
@@ -422,3 +422,14 @@ def test_the_lambda_edge_has_a_fargate_hook_only_with_the_templates_settings(
     assert lambda_function.edge({**in_lambda, "AWS_SAM_LOCAL": "true"}, FakeLambdaContext()).fargate is None
     with pytest.raises(ConfigError, match=r"^FARGATE_SUBNETS: empty while other FARGATE_"):
         lambda_function.edge({**in_lambda, "FARGATE_SUBNETS": ""}, FakeLambdaContext())
+
+
+def test_the_summary_and_the_table_show_a_dispatched_database(capsys: pytest.CaptureFixture[str]) -> None:
+    arn = "arn:aws:ecs:us-east-1:123456789012:task/pgbkp/0123456789abcdef0123456789abcdef"
+    entry = handler_core.summarize(handler_core.DispatchedResult(
+        "main", "warehouse", "bkt", status="dispatched", size_estimate=80 * GB, task_arn=arn))
+    assert output.summary_text([entry]) == (
+        f"1 database(s): all ok\ndispatched main/warehouse to fargate task {arn}")
+    cli.print_summary({"results": [entry]})
+    assert capsys.readouterr().out.splitlines()[2].split() == [
+        "main/warehouse", arn, "~80.0", "GB", "on", "disk", "-", "-", "dispatched"]
