@@ -102,6 +102,8 @@ class BackupRef:
     taken: datetime | None
     size: int = 0
     last_modified: datetime | None = None
+    #: "database", or "globals" (the connection's roles and other globals; ``database`` is keys.GLOBALS).
+    kind: str = "database"
 
     @property
     def url(self) -> str:
@@ -111,6 +113,7 @@ class BackupRef:
         return {
             "connection": self.connection,
             "database": self.database,
+            "kind": self.kind,
             "taken": self.taken.isoformat(timespec="minutes") if self.taken else None,
             "size": self.size,
             "bucket": self.bucket,
@@ -187,8 +190,9 @@ def _root(config: Config, conn: Connection) -> str:
 
 
 def find_backups(config: Config, connection: Connection | str | int, database: str | None = None, *,
-                 storage: Storage) -> list[BackupRef]:
-    """Every backup of the connection (or of one database), newest first.
+                 storage: Storage, globals_only: bool = False) -> list[BackupRef]:
+    """Every backup of the connection (or of one database, or with ``globals_only`` of its globals),
+    newest first. The connection's globals backups are among "every backup", not among a database's.
 
     Only objects in a database's own folder whose file name parses for that database and the
     connection's prefix count: a person's files, other prefixes' files and sub-folders are ignored.
@@ -196,15 +200,18 @@ def find_backups(config: Config, connection: Connection | str | int, database: s
     conn = _connection(config, connection)
     root = _root(config, conn)
     prefix = keys.folder(config.global_prefix, conn.base_dir, database) if database is not None else root
+    if globals_only:
+        prefix = keys.globals_folder(config.global_prefix, conn.base_dir)
     found: dict[tuple[str, str], BackupRef] = {}
     for bucket in _buckets(conn):
         for obj in storage.list(bucket, prefix):
             parsed = keys.parse_key(obj.key, config.global_prefix, conn.base_dir, conn.prefix)
-            if parsed is None or (database is not None and parsed[0] != database):
+            is_globals = keys.is_globals_key(obj.key, config.global_prefix, conn.base_dir)
+            if parsed is None or (database is not None and (parsed[0] != database or is_globals)):
                 continue
             db, taken = parsed
             found[(bucket, obj.key)] = BackupRef(conn.name, db, bucket, obj.key, taken, obj.size,
-                                                 obj.last_modified)
+                                                 obj.last_modified, "globals" if is_globals else "database")
     return sorted(found.values(), key=lambda b: (b.taken or datetime.min, b.key), reverse=True)
 
 
@@ -233,21 +240,34 @@ def parse_key(text: str, conn: Connection, database: str | None) -> tuple[str, s
 
 
 def select_backup(config: Config, connection: Connection | str | int, database: str | None = None, *,
-                  at: datetime | None = None, key: str | None = None, storage: Storage) -> BackupRef:
-    """The newest backup (at or before ``at`` if given), or exactly ``key``."""
+                  at: datetime | None = None, key: str | None = None, storage: Storage,
+                  globals_only: bool = False) -> BackupRef:
+    """The newest backup (at or before ``at`` if given), or exactly ``key``; with ``globals_only``, of the
+    connection's globals (roles), and a ``key`` must then be a globals object."""
     conn = _connection(config, connection)
     if key is not None:
-        bucket, object_key = parse_key(key, conn, database)
-        info = storage.head(bucket, object_key)
+        bucket, object_key = parse_key(key, conn, None if globals_only else database)
         folder, _, name = object_key.rpartition("/")
-        db = database or keys.decode_name(folder.rsplit("/", 1)[-1])
-        return BackupRef(conn.name, db, bucket, object_key, keys.parse_filename(name, db, conn.prefix),
-                         info.size, info.last_modified)
+        is_globals = folder.rsplit("/", 1)[-1] == keys.GLOBALS_SEGMENT
+        if globals_only != is_globals:
+            raise ConfigError(f"--key {key!r}: " + ("not a globals backup (those are in a folder named "
+                              f"{keys.GLOBALS_SEGMENT}). Fix: pick one from pgbkp list, database (globals)."
+                              if globals_only else "a globals backup (roles). Fix: add --globals."))
+        info = storage.head(bucket, object_key)
+        db = keys.GLOBALS if is_globals else database or keys.decode_name(folder.rsplit("/", 1)[-1])
+        taken = keys.parse_filename(name, keys.GLOBALS_FILE if is_globals else db, conn.prefix)
+        return BackupRef(conn.name, db, bucket, object_key, taken, info.size, info.last_modified,
+                         "globals" if is_globals else "database")
+    if globals_only:
+        database = keys.GLOBALS
     if not database:
-        raise ConfigError("restore: which database? Fix: add --database DB (or --key).")
-    backups = find_backups(config, conn, database, storage=storage)
+        raise ConfigError("restore: which database? Fix: add --database DB (or --key, or --globals).")
+    backups = find_backups(config, conn, None if globals_only else database, storage=storage,
+                           globals_only=globals_only)
     if not backups:
-        raise NoBackupError(f"find backups of {database!r} ({conn.name}): none in {_where(config, conn, database)}")
+        where = (" or ".join(f"s3://{b}/{keys.globals_folder(config.global_prefix, conn.base_dir)}"
+                             for b in _buckets(conn)) if globals_only else _where(config, conn, database))
+        raise NoBackupError(f"find backups of {database!r} ({conn.name}): none in {where}")
     if at is None:
         return backups[0]
     for b in backups:
