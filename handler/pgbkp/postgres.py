@@ -470,6 +470,13 @@ def database_exists(target: PgTarget, database: str, *, bindir: Path | None = No
     return bool(rows)
 
 
+def role_names(target: PgTarget, *, bindir: Path | None = None) -> set[str]:
+    """Every role on the target's server (hex-encoded on the way, so any name survives psql)."""
+    rows = run_sql(target, "SELECT encode(convert_to(rolname, 'UTF8'), 'hex') FROM pg_roles", bindir=bindir,
+                   operation="list the roles on")
+    return {bytes.fromhex(r[0]).decode("utf-8") for r in rows}
+
+
 def create_database(target: PgTarget, database: str, *, bindir: Path | None = None) -> None:
     """CREATE DATABASE from template0, as pg_dump's output expects: template1 may hold local additions."""
     run_sql(target, f"CREATE DATABASE {quote_ident(database)} TEMPLATE template0", database="postgres",
