@@ -341,6 +341,8 @@ class DumpFilter:
     #: A line that may matter (a COPY or data header) is never this long in a genuine dump.
     LONGEST_LINE = 16 << 20
     _COMMENT = re.compile(rb"[ \t\r\f\v]*--")
+    #: What may not follow pg_dump's closing ``\unrestrict``: anything but blank lines.
+    _AFTER_END = _NON_BLANK
 
     def __init__(self) -> None:
         self._carry = b""
@@ -398,7 +400,7 @@ class DumpFilter:
         pos = 0
         while pos < len(data):
             if self._closed is not None:  # after pg_dump's closing line, only blank lines
-                if self._NON_BLANK.search(data, pos):
+                if self._AFTER_END.search(data, pos):
                     number, line = self._closed
                     raise MetaCommandError(f"the backup contains a psql meta-command (line {number}: "
                                            f"{shown_line(line)}): it is not the dump's last line", number, line)
@@ -864,6 +866,12 @@ def _verify_one(config: Config, ref: BackupRef, server: PgTarget, storage: Stora
 # Roles and other globals
 
 
+class GlobalsFilter(DumpFilter):
+    """DumpFilter for pg_dumpall's output, which ends with comments after its ``\\unrestrict`` line."""
+
+    _AFTER_END = re.compile(rb"^(?![ \t\r\f\v]*(?:--[^\n]*)?(?:\n|\Z))", re.MULTILINE)
+
+
 #: pg_dumpall's last line: a globals dump without it was cut short before it was stored.
 _GLOBALS_END = b"-- PostgreSQL database cluster dump complete"
 
@@ -896,7 +904,7 @@ def restore_globals(config: Config, backup: BackupRef, target: PgTarget | None, 
     if on_start is not None:
         on_start(download.info.size)
     session: postgres.RestoreSession | None = None
-    one = DumpFilter()
+    one = GlobalsFilter()
     kept = roles.RoleFilter(existing, target.user if target else "", skip_existing=skip_existing)
     try:
         hashing = _HashingReader(download, on_progress)
