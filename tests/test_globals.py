@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgbkp import config, handler_core, keys, pipeline, restore
+from pgbkp import config, handler_core, keys, pipeline, restore, roles
 from pgbkp.archive import iter_member
 from pgbkp.storage.memory import MemoryStorage
 from tests.fakes import FakeDatabase, FakeDumpSource
@@ -147,3 +147,15 @@ def test_a_failed_globals_dump_leaves_no_object_and_the_databases_stand() -> Non
     assert "permission denied for table x" in summary["results"][2]["error"]
     assert not any(keys.is_globals_key(k, "", "main") for k in store.objects[BUCKET])
     assert store.pending == {}
+
+
+def test_role_filter_leaves_existing_roles_as_they_are_and_names_conflicts() -> None:
+    dump = (b'CREATE ROLE app;\nALTER ROLE app WITH LOGIN PASSWORD \'x\';\nCREATE ROLE "we""ird";\n'
+            b'ALTER ROLE "we""ird" SET work_mem TO \'8MB\';\nCOMMENT ON ROLE app IS \'c\';\nCREATE ROLE postgres;\n'
+            b'ALTER ROLE postgres WITH SUPERUSER;\nCREATE ROLE application;\nGRANT app TO application;\n')
+    f = roles.RoleFilter({"app", 'we"ird', "postgres"}, "postgres", skip_existing=False)
+    out = b"".join(f.feed(dump[i:i + 7]) for i in range(0, len(dump), 7)) + f.flush()
+    assert out == b"\n" * 7 + b"CREATE ROLE application;\nGRANT app TO application;\n"
+    assert (f.conflicts, f.skipped, f.created) == (["app", 'we"ird'], ["postgres"], ["application"])
+    g = roles.RoleFilter({"app"}, "postgres", skip_existing=True)
+    assert g.feed(dump) + g.flush() != dump and (g.conflicts, g.skipped) == ([], ["app"])
