@@ -55,6 +55,8 @@ class FakeDatabase:
     size: int = 0
     can_connect: bool = True
     fail: str | None = None
+    #: A globals dump's note (the role passwords left out).
+    note: str | None = None
 
 
 class FakeDump:
@@ -65,6 +67,7 @@ class FakeDump:
         self._source, self._where, self._db, self._stop = source, f"{connection.name}/{db.name}", db, stop
         self._pos = 0
         self.reads = 0
+        self.note: str | None = None
 
     def read(self, size: int) -> bytes:
         if self._pos >= len(self._db.body):
@@ -95,6 +98,8 @@ class FakeDumpSource:
     the hook a test uses to act mid-dump (raise a stop flag, move Lambda's clock)."""
 
     servers: dict[str, list[FakeDatabase]] = field(default_factory=dict)
+    #: Each connection's globals dump (pg_dumpall --globals-only), by connection name; absent: a tiny one.
+    globals: dict[str, FakeDatabase] = field(default_factory=dict)
     chunk: int = 4
     on_read: Callable[[str, int], None] | None = None
     events: list[str] = field(default_factory=list)
@@ -116,3 +121,10 @@ class FakeDumpSource:
         self.events.append(f"dump {connection.name}/{database}")
         [db] = [d for d in self.servers[connection.name] if d.name == database]
         return FakeDump(self, connection, db, stop)
+
+    def dump_globals(self, connection: Connection, *, stop: Callable[[], bool]) -> FakeDump:
+        self.events.append(f"dump {connection.name}/(globals)")
+        db = self.globals.get(connection.name, FakeDatabase("(globals)", b"CREATE ROLE app;\n"))
+        dump = FakeDump(self, connection, db, stop)
+        dump.note = db.note
+        return dump

@@ -66,7 +66,8 @@ def test_list_paginates_filters_and_sorts(s3_server: S3Server, seeded: dict[str,
     assert [r["taken"] for r in rows] == sorted((r["taken"] for r in rows), reverse=True)
     newest = by_db["app"][0]
     assert newest == {
-        "connection": PREFIX, "database": "app", "taken": "2024-11-01T23:00", "size": 3, "bucket": MAIN,
+        "connection": PREFIX, "database": "app", "kind": "database", "taken": "2024-11-01T23:00", "size": 3,
+        "bucket": MAIN,
         "key": "root/dir/lp/app/lp-app-23h-00m-01d-11mes-2024y.zip",
         "url": f"s3://{MAIN}/root/dir/lp/app/lp-app-23h-00m-01d-11mes-2024y.zip",
         "last_modified": newest["last_modified"],

@@ -27,7 +27,7 @@ from tests.servers import PgCluster, S3Server
 
 #: The documented result schema (README.md, "Result"): every entry of ``results`` has exactly these keys.
 RESULT_KEYS = {"connection", "database", "bucket", "key", "status", "raw_bytes", "object_bytes", "bytes",
-               "size_estimate", "seconds", "error", "retention"}
+               "size_estimate", "seconds", "error", "retention", "kind", "note"}
 SUMMARY_KEYS = {"ok", "action", "connections", "results", "skipped", "handed_off"}
 
 

@@ -418,7 +418,8 @@ def _hand_off(conn: Connection, deferred: list[Job], edge: Edge) -> tuple[dict[s
 
 
 def _not_started(job: Job, reason: str) -> DatabaseResult:
-    result = DatabaseResult(job.connection.name, job.database, job.bucket, job.key, error=f"backup {job.url}: {reason}")
+    result = DatabaseResult(job.connection.name, job.database, job.bucket, job.key, error=f"backup {job.url}: {reason}",
+                            kind=job.kind)
     log.error("%s", result.error, extra={"connection": job.connection.name, "database": job.database})
     return result
 

@@ -2,6 +2,11 @@
 
     {GLOBAL_PREFIX}/{base_dir}/{db}/{prefix-}{db}-{HH}h-{MM}m-{DD}d-{MM}mes-{YYYY}y.zip
 
+A connection's roles and other globals (``pg_dumpall --globals-only``, BACKUP_GLOBALS) have their own
+folder, ``{GLOBAL_PREFIX}/{base_dir}/%globals/``, and file name, ``{prefix-}globals-{HH}h-…y.zip``. No
+database can have that folder: :func:`encode_name` writes every ``%`` of a name as ``%25``, so it never
+writes a ``%`` followed by ``g``.
+
 A database name is free text in PostgreSQL, so it is percent-encoded wherever it appears in a key, but
 only as little as needed: ``%`` becomes ``%25`` and ``/`` becomes ``%2F`` (so a name never adds a path
 segment), and a name that is exactly ``.`` or ``..`` becomes ``%2E`` / ``%2E%2E`` (path segments many
@@ -32,6 +37,14 @@ def decode_name(segment: str) -> str:
     return _ESCAPED.sub(lambda m: _UNESCAPE[m.group(1)], segment)
 
 
+#: How the globals object is named where a database name would be: results, ``pgbkp list``, hand-off events.
+GLOBALS = "(globals)"
+#: The globals folder's segment: a ``%`` that is no escape, which :func:`encode_name` never writes.
+GLOBALS_SEGMENT = "%globals"
+#: The name in the globals object's file name, where a database's name would be.
+GLOBALS_FILE = "globals"
+
+
 def filename(database: str, when: datetime, prefix: str | None = None) -> str:
     """``(prefix-)?{db}-{HH}h-{MM}m-{DD}d-{MM}mes-{YYYY}y.zip`` with ``when`` in local time."""
     lead = f"{prefix}-" if prefix else ""
@@ -42,6 +55,21 @@ def folder(global_prefix: str, base_dir: str, database: str) -> str:
     """The key prefix (ending in ``/``) that holds one database's backups, and nothing else."""
     parts = [p for p in (global_prefix.strip("/"), encode_name(base_dir), encode_name(database)) if p]
     return "/".join(parts) + "/"
+
+
+def globals_folder(global_prefix: str, base_dir: str) -> str:
+    """The key prefix (ending in ``/``) that holds the connection's globals backups, and nothing else."""
+    return folder(global_prefix, base_dir, "") + GLOBALS_SEGMENT + "/"
+
+
+def globals_key(global_prefix: str, base_dir: str, when: datetime, prefix: str | None) -> str:
+    return globals_folder(global_prefix, base_dir) + filename(GLOBALS_FILE, when, prefix)
+
+
+def is_globals_key(key: str, global_prefix: str, base_dir: str) -> bool:
+    """Whether ``key`` lies directly in the connection's globals folder."""
+    root = globals_folder(global_prefix, base_dir)
+    return key.startswith(root) and "/" not in key[len(root):]
 
 
 def object_key(global_prefix: str, base_dir: str, database: str, when: datetime, prefix: str | None) -> str:
@@ -74,6 +102,8 @@ def parse_key(key: str, global_prefix: str, base_dir: str, prefix: str | None) -
 
     The one rule retention and listing share for "is this object one of our backups": directly in a
     database's own folder (canonically encoded), with a file name for exactly that database and prefix.
+    A globals backup gives (:data:`GLOBALS`, time): tell it from a database of that name by its folder
+    (:func:`is_globals_key`).
     """
     root = folder(global_prefix, base_dir, "")
     if not key.startswith(root):
@@ -81,6 +111,9 @@ def parse_key(key: str, global_prefix: str, base_dir: str, prefix: str | None) -
     segment, sep, name = key[len(root):].partition("/")
     if not sep or "/" in name:
         return None
+    if segment == GLOBALS_SEGMENT:
+        when = parse_filename(name, GLOBALS_FILE, prefix)
+        return None if when is None else (GLOBALS, when)
     database = decode_name(segment)
     if encode_name(database) != segment:
         return None

@@ -50,6 +50,8 @@ class Job:
     when: datetime
     size_estimate: int = 0
     server_version: str = ""
+    #: "database", or "globals" for the connection's roles and other globals (database is keys.GLOBALS).
+    kind: str = "database"
 
     @property
     def url(self) -> str:
@@ -84,6 +86,10 @@ class DatabaseResult:
     error: str | None = None
     retention: list[RetentionAction] = field(default_factory=list)
     size_estimate: int = 0
+    #: "database", or "globals" (pg_dumpall --globals-only; ``database`` is then keys.GLOBALS).
+    kind: str = "database"
+    #: What the user should know of a backup that succeeded: a globals dump without role passwords.
+    note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,6 +187,12 @@ class DumpReader(Protocol):
     def read(self, size: int) -> bytes: ...
 
 
+class GlobalsReader(DumpReader, Protocol):
+    """The globals dump being read; ``note`` says, once it is read, what it left out (role passwords)."""
+
+    note: str | None
+
+
 class DumpSource(Protocol):
     """What a backup asks of PostgreSQL: which databases a connection has, pg_dump's version (for the
     object's metadata), and one database's dump. :class:`PgDumpSource` runs psql and pg_dump; tests pass
@@ -195,6 +207,11 @@ class DumpSource(Protocol):
     def dump(self, connection: Connection, database: str, *, stop: Callable[[], bool],
              lock_wait_timeout: int) -> AbstractContextManager[DumpReader]:
         """The dump of ``database``; ``stop`` is polled while it waits (a stalled dump must still stop)."""
+        ...
+
+    def dump_globals(self, connection: Connection, *,
+                     stop: Callable[[], bool]) -> AbstractContextManager[GlobalsReader]:
+        """The server's roles and other globals (pg_dumpall --globals-only), read as :meth:`dump`'s."""
         ...
 
 
@@ -217,6 +234,9 @@ class PgDumpSource:
              lock_wait_timeout: int) -> postgres.DumpStream:
         return postgres.DumpStream(connection.pg, database, bindir=self.bindir, stop=stop,
                                    lock_wait_timeout=lock_wait_timeout)
+
+    def dump_globals(self, connection: Connection, *, stop: Callable[[], bool]) -> postgres.GlobalsDump:
+        return postgres.GlobalsDump(connection.pg, bindir=self.bindir, stop=stop)
 
 
 def _ctx(job: Job) -> dict[str, Any]:
@@ -263,7 +283,7 @@ def plan(
             continue
         names = {d.name: d for d in found}
         if databases:
-            for name in (d for d in databases if d not in names):
+            for name in (d for d in databases if d not in names and not (conn.globals and d == keys.GLOBALS)):
                 reason = (f"no database {name!r} on {conn.pg.display} (dropped, or misspelt?); the others "
                           f"go on. Found: {', '.join(map(repr, sorted(names))) or 'none'}")
                 log.warning("skipped %s: %s", name, reason, extra={"connection": conn.name, "database": name})
@@ -291,7 +311,23 @@ def plan(
                 continue
             assert bucket is not None
             out.jobs.append(Job(conn, info.name, bucket, key, now, info.size, server.version))
+        if conn.globals and (not databases or keys.GLOBALS in databases):
+            _plan_globals(config, conn, now, server, out)
     return out
+
+
+def _plan_globals(config: Config, conn: Connection, now: datetime, server: postgres.ServerInfo, out: Plan) -> None:
+    """The connection's globals job (BACKUP_GLOBALS or globals=), after its databases: roles must exist
+    before a database that names them is restored, and a full-server restore reads the list in order."""
+    key = keys.globals_key(config.global_prefix, conn.base_dir, now, conn.prefix)
+    bucket = conn.bucket_for(keys.GLOBALS)
+    if bucket is None:
+        error = (f"PG_URLS item {conn.index + 1} ({conn.name}): no bucket for the globals backup. Fix: set bucket= "
+                 f"or S3_BUCKET, or add {keys.GLOBALS}=NAME to db_buckets=.")
+        log.error("%s", error, extra={"connection": conn.name, "database": keys.GLOBALS})
+        out.failures.append(DatabaseResult(conn.name, keys.GLOBALS, error=error, kind="globals"))
+        return
+    out.jobs.append(Job(conn, keys.GLOBALS, bucket, key, now, 0, server.version, kind="globals"))
 
 
 def check_buckets(jobs: Iterable[Job], storage_for: Callable[[Connection], Storage]) -> dict[tuple[int, str], str]:
@@ -386,7 +422,7 @@ def backup_database(
     """Stream one database into one object. On any failure: no object, no pending upload, an error."""
     observer = observer or NullObserver()
     source = source or PgDumpSource(config.pg_bindir)
-    result = DatabaseResult(job.connection.name, job.database, job.bucket, job.key)
+    result = DatabaseResult(job.connection.name, job.database, job.bucket, job.key, kind=job.kind)
     started = time.monotonic()
     observer.started(job)
     upload = None
@@ -399,8 +435,10 @@ def backup_database(
                                 on_progress=lambda n: observer.uploaded(job, n), should_stop=should_stop,
                                 retain_until=retain_until(config, job))
         password = config.zip_password.reveal().encode() if config.zip_password else None
-        with source.dump(job.connection, job.database, stop=should_stop,
-                         lock_wait_timeout=lock_wait_timeout(config)) as dump:
+        opened = (source.dump_globals(job.connection, stop=should_stop) if job.kind == "globals" else
+                  source.dump(job.connection, job.database, stop=should_stop,
+                              lock_wait_timeout=lock_wait_timeout(config)))
+        with opened as dump:
             writer = ZipStreamWriter(upload, keys.member_name(job.key), password=password,
                                      level=config.compression_level, threads=config.compression_threads,
                                      mtime=job.when)
@@ -412,6 +450,7 @@ def backup_database(
                     if should_stop():
                         raise CancelledError(f"backup {job.url}: stopped before the dump finished")
                 writer.close()
+            result.note = getattr(dump, "note", None)
         if should_stop():
             raise CancelledError(f"backup {job.url}: stopped before the upload was committed")
         info = upload.commit()
@@ -435,6 +474,8 @@ def backup_database(
     if result.status == "ok":
         log.info("backed up %s: %d bytes dumped, %d stored, %.1fs", job.url, result.raw_bytes,
                  result.object_bytes, result.seconds, extra=_ctx(job))
+        if result.note:
+            log.warning("%s: %s", job.url, result.note, extra=_ctx(job))
     else:
         log.error("backup failed: %s", result.error, extra=_ctx(job))
     observer.finished(job, result)
@@ -573,7 +614,7 @@ def run(
             jobs.append(job)
         else:
             out.results.append(DatabaseResult(job.connection.name, job.database, job.bucket, job.key,
-                                              error=error, size_estimate=job.size_estimate))
+                                              error=error, size_estimate=job.size_estimate, kind=job.kind))
     pg_dump_version: str | None = None
     for i, job in enumerate(jobs):
         if should_stop() or not before_job(job, jobs[i:]):
@@ -582,7 +623,7 @@ def run(
         storage = storage_for(job.connection)
         if dry_run:
             result = DatabaseResult(job.connection.name, job.database, job.bucket, job.key, "dry-run",
-                                    size_estimate=job.size_estimate)
+                                    size_estimate=job.size_estimate, kind=job.kind)
             log.info("would back up %s to %s (about %d bytes on disk, an estimate)", job.database, job.url,
                      job.size_estimate, extra=_ctx(job))
             # Plan over the store as the real run will see it: with this run's object in it, protected.

@@ -244,14 +244,21 @@ class DumpStream:
         self._lock_wait_timeout = lock_wait_timeout
         # Milliseconds: the one form of the value every server version accepts.
         lock = [f"--lock-wait-timeout={lock_wait_timeout * 1000}"] if lock_wait_timeout else []
-        cmd = [tool("pg_dump", bindir), "-F", "p", "--no-password", *lock, *extra_args,
-               "-d", target.conninfo(database)]
+        cmd = self._command(target, database, bindir, [*lock, *extra_args])
+        self._what = self._label(database)
         self._proc = _spawn(cmd, target, feed=False)
         assert self._proc.stdout is not None and self._proc.stderr is not None
         self._fd = self._proc.stdout.fileno()
         self._stderr = _StderrTail(self._proc.stderr)
         self._done = False
         self.bytes_read = 0
+
+    def _command(self, target: PgTarget, database: str, bindir: Path | None, extra: list[str]) -> list[str]:
+        return [tool("pg_dump", bindir), "-F", "p", "--no-password", *extra, "-d", target.conninfo(database)]
+
+    def _label(self, database: str) -> str:
+        """What the messages call this dump."""
+        return f"pg_dump {database!r}"
 
     @property
     def pid(self) -> int:
@@ -284,7 +291,7 @@ class DumpStream:
             if self._stop is not None and self._stop():
                 self.kill()
                 self._done = True
-                raise DumpError(f"pg_dump {self.database!r} from {self._target.display}: stopped while "
+                raise DumpError(f"{self._what} from {self._target.display}: stopped while "
                                 "waiting for its output (shutdown or time limit); the dump is incomplete")
 
     def _finish(self) -> None:
@@ -292,7 +299,7 @@ class DumpStream:
         self._done = True
         if code != 0:
             err = self._stderr.text()
-            operation = f"pg_dump {self.database!r} from"
+            operation = f"{self._what} from"
             how = exit_status(code)
             if not err.strip():
                 raise DumpError(f"{operation} {self._target.display}: {how}; the dump is incomplete")
@@ -329,6 +336,89 @@ class DumpStream:
                 stream.close()
 
     def __enter__(self) -> DumpStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+#: What a server says when the backup user may not read role passwords (managed servers: RDS, Cloud SQL,
+#: Azure); PostgreSQL 10 and older say "relation" where newer ones say "table".
+_AUTHID_DENIED = re.compile(r"permission denied for (?:table|relation) pg_authid")
+#: pg_dumpall reads pg_authid before it writes any role: a failure for that shows within its header.
+GLOBALS_HOLD = 64 << 10
+
+
+class GlobalsDumpStream(DumpStream):
+    """``pg_dumpall --globals-only``: roles, memberships, role settings and tablespaces of the server.
+
+    It connects to the URL's own database (``-l``), the one the user said pg-bkp may connect to."""
+
+    def __init__(self, target: PgTarget, *, bindir: Path | None = None, stop: Callable[[], bool] | None = None,
+                 no_role_passwords: bool = False) -> None:
+        self.no_role_passwords = no_role_passwords
+        super().__init__(target, target.database, bindir=bindir, stop=stop, lock_wait_timeout=None)
+
+    def _command(self, target: PgTarget, database: str, bindir: Path | None, extra: list[str]) -> list[str]:
+        flags = ["--no-role-passwords"] if self.no_role_passwords else []
+        return [tool("pg_dumpall", bindir), "--globals-only", "--no-password", *flags, "-l", database,
+                "-d", target.conninfo(database)]
+
+    def _label(self, database: str) -> str:
+        return "pg_dumpall --globals-only" + (" --no-role-passwords" if self.no_role_passwords else "")
+
+
+class GlobalsDump:
+    """The globals dump, with the managed-server fallback: when the user may not read ``pg_authid``,
+    pg_dumpall runs again with ``--no-role-passwords``, and :attr:`note` says the passwords were left out.
+
+    The first attempt's output is held back (up to GLOBALS_HOLD bytes) until it is known to have got past
+    pg_authid, so a reader never sees the start of one attempt and the rest of another. ``read`` raises
+    DumpError as DumpStream's does."""
+
+    NO_PASSWORDS = ("role passwords left out: the backup user may not read pg_authid (a managed server?), so "
+                    "pg_dumpall ran with --no-role-passwords; set the passwords again after a restore")
+
+    def __init__(self, target: PgTarget, *, bindir: Path | None = None,
+                 stop: Callable[[], bool] | None = None) -> None:
+        self._target, self._bindir, self._stop = target, bindir, stop
+        self._stream: GlobalsDumpStream = GlobalsDumpStream(target, bindir=bindir, stop=stop)
+        self._held: bytes | None = None
+        self.note: str | None = None
+
+    def _hold(self) -> bytes:
+        """The first attempt's start, or the whole of it; starts the fallback on pg_authid's refusal."""
+        parts: list[bytes] = []
+        got = 0
+        try:
+            while got < GLOBALS_HOLD and (chunk := self._stream.read(GLOBALS_HOLD - got)):
+                parts.append(chunk)
+                got += len(chunk)
+        except DumpError as exc:
+            if not _AUTHID_DENIED.search(str(exc)):
+                raise
+            self._stream.close()
+            self._stream = GlobalsDumpStream(self._target, bindir=self._bindir, stop=self._stop,
+                                             no_role_passwords=True)
+            self.note = self.NO_PASSWORDS
+            return b""
+        return b"".join(parts)
+
+    def read(self, size: int = 1 << 20) -> bytes:
+        if self._held is None:
+            self._held = self._hold()
+        if self._held:
+            piece, self._held = self._held[:size], self._held[size:]
+            return piece
+        return self._stream.read(size)
+
+    def kill(self) -> None:
+        self._stream.kill()
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self) -> GlobalsDump:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -378,6 +468,13 @@ def database_exists(target: PgTarget, database: str, *, bindir: Path | None = No
     rows = run_sql(target, sql,
                    database="postgres", bindir=bindir, operation="look for the database on")
     return bool(rows)
+
+
+def role_names(target: PgTarget, *, bindir: Path | None = None) -> set[str]:
+    """Every role on the target's server (hex-encoded on the way, so any name survives psql)."""
+    rows = run_sql(target, "SELECT encode(convert_to(rolname, 'UTF8'), 'hex') FROM pg_roles", bindir=bindir,
+                   operation="list the roles on")
+    return {bytes.fromhex(r[0]).decode("utf-8") for r in rows}
 
 
 def create_database(target: PgTarget, database: str, *, bindir: Path | None = None) -> None:

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pgbkp import integrity, keys, postgres
+from pgbkp import integrity, keys, postgres, roles
 from pgbkp.archive import ArchiveError, CorruptArchiveError, MemberReader, WrongPasswordError
 from pgbkp.config import Config, ConfigError, Connection, PgTarget, parse_url
 from pgbkp.redact import Secret, redact
@@ -70,6 +70,10 @@ class IntegrityError(RestoreError):
     """The object is not what was stored: SHA-256, size, CRC or authentication code mismatch."""
 
 
+class RolesExistError(TargetError):
+    """A globals restore met roles the target already has (and no --skip-existing)."""
+
+
 class PsqlTooOldError(RestoreError):
     """The psql in use has no ``\\restrict``, so nothing could stop it running a command hidden in a backup."""
 
@@ -102,6 +106,8 @@ class BackupRef:
     taken: datetime | None
     size: int = 0
     last_modified: datetime | None = None
+    #: "database", or "globals" (the connection's roles and other globals; ``database`` is keys.GLOBALS).
+    kind: str = "database"
 
     @property
     def url(self) -> str:
@@ -111,6 +117,7 @@ class BackupRef:
         return {
             "connection": self.connection,
             "database": self.database,
+            "kind": self.kind,
             "taken": self.taken.isoformat(timespec="minutes") if self.taken else None,
             "size": self.size,
             "bucket": self.bucket,
@@ -128,6 +135,9 @@ class RestoreResult:
     sql_bytes: int = 0
     seconds: float = 0.0
     checks: list[str] = field(default_factory=list)
+    #: A globals restore: the roles it created, and those it left as they were on the target.
+    created_roles: list[str] = field(default_factory=list)
+    skipped_roles: list[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -145,6 +155,9 @@ class VerifyResult:
     taken: str | None = None
     scratch_database: str = ""
     scratch_server: str = ""
+    #: "database", or "globals" (the connection's roles: ``roles`` counts those in the dump).
+    kind: str = "database"
+    roles: int = 0
     tables: int = 0
     rows: int = 0
     restored_size: int = 0
@@ -187,8 +200,9 @@ def _root(config: Config, conn: Connection) -> str:
 
 
 def find_backups(config: Config, connection: Connection | str | int, database: str | None = None, *,
-                 storage: Storage) -> list[BackupRef]:
-    """Every backup of the connection (or of one database), newest first.
+                 storage: Storage, globals_only: bool = False) -> list[BackupRef]:
+    """Every backup of the connection (or of one database, or with ``globals_only`` of its globals),
+    newest first. The connection's globals backups are among "every backup", not among a database's.
 
     Only objects in a database's own folder whose file name parses for that database and the
     connection's prefix count: a person's files, other prefixes' files and sub-folders are ignored.
@@ -196,15 +210,18 @@ def find_backups(config: Config, connection: Connection | str | int, database: s
     conn = _connection(config, connection)
     root = _root(config, conn)
     prefix = keys.folder(config.global_prefix, conn.base_dir, database) if database is not None else root
+    if globals_only:
+        prefix = keys.globals_folder(config.global_prefix, conn.base_dir)
     found: dict[tuple[str, str], BackupRef] = {}
     for bucket in _buckets(conn):
         for obj in storage.list(bucket, prefix):
             parsed = keys.parse_key(obj.key, config.global_prefix, conn.base_dir, conn.prefix)
-            if parsed is None or (database is not None and parsed[0] != database):
+            is_globals = keys.is_globals_key(obj.key, config.global_prefix, conn.base_dir)
+            if parsed is None or (database is not None and (parsed[0] != database or is_globals)):
                 continue
             db, taken = parsed
             found[(bucket, obj.key)] = BackupRef(conn.name, db, bucket, obj.key, taken, obj.size,
-                                                 obj.last_modified)
+                                                 obj.last_modified, "globals" if is_globals else "database")
     return sorted(found.values(), key=lambda b: (b.taken or datetime.min, b.key), reverse=True)
 
 
@@ -233,21 +250,34 @@ def parse_key(text: str, conn: Connection, database: str | None) -> tuple[str, s
 
 
 def select_backup(config: Config, connection: Connection | str | int, database: str | None = None, *,
-                  at: datetime | None = None, key: str | None = None, storage: Storage) -> BackupRef:
-    """The newest backup (at or before ``at`` if given), or exactly ``key``."""
+                  at: datetime | None = None, key: str | None = None, storage: Storage,
+                  globals_only: bool = False) -> BackupRef:
+    """The newest backup (at or before ``at`` if given), or exactly ``key``; with ``globals_only``, of the
+    connection's globals (roles), and a ``key`` must then be a globals object."""
     conn = _connection(config, connection)
     if key is not None:
-        bucket, object_key = parse_key(key, conn, database)
-        info = storage.head(bucket, object_key)
+        bucket, object_key = parse_key(key, conn, None if globals_only else database)
         folder, _, name = object_key.rpartition("/")
-        db = database or keys.decode_name(folder.rsplit("/", 1)[-1])
-        return BackupRef(conn.name, db, bucket, object_key, keys.parse_filename(name, db, conn.prefix),
-                         info.size, info.last_modified)
+        is_globals = folder.rsplit("/", 1)[-1] == keys.GLOBALS_SEGMENT
+        if globals_only != is_globals:
+            raise ConfigError(f"--key {key!r}: " + ("not a globals backup (those are in a folder named "
+                              f"{keys.GLOBALS_SEGMENT}). Fix: pick one from pgbkp list, database (globals)."
+                              if globals_only else "a globals backup (roles). Fix: add --globals."))
+        info = storage.head(bucket, object_key)
+        db = keys.GLOBALS if is_globals else database or keys.decode_name(folder.rsplit("/", 1)[-1])
+        taken = keys.parse_filename(name, keys.GLOBALS_FILE if is_globals else db, conn.prefix)
+        return BackupRef(conn.name, db, bucket, object_key, taken, info.size, info.last_modified,
+                         "globals" if is_globals else "database")
+    if globals_only:
+        database = keys.GLOBALS
     if not database:
-        raise ConfigError("restore: which database? Fix: add --database DB (or --key).")
-    backups = find_backups(config, conn, database, storage=storage)
+        raise ConfigError("restore: which database? Fix: add --database DB (or --key, or --globals).")
+    backups = find_backups(config, conn, None if globals_only else database, storage=storage,
+                           globals_only=globals_only)
     if not backups:
-        raise NoBackupError(f"find backups of {database!r} ({conn.name}): none in {_where(config, conn, database)}")
+        where = (" or ".join(f"s3://{b}/{keys.globals_folder(config.global_prefix, conn.base_dir)}"
+                             for b in _buckets(conn)) if globals_only else _where(config, conn, database))
+        raise NoBackupError(f"find backups of {database!r} ({conn.name}): none in {where}")
     if at is None:
         return backups[0]
     for b in backups:
@@ -311,6 +341,8 @@ class DumpFilter:
     #: A line that may matter (a COPY or data header) is never this long in a genuine dump.
     LONGEST_LINE = 16 << 20
     _COMMENT = re.compile(rb"[ \t\r\f\v]*--")
+    #: What may not follow pg_dump's closing ``\unrestrict``: anything but blank lines.
+    _AFTER_END = _NON_BLANK
 
     def __init__(self) -> None:
         self._carry = b""
@@ -368,7 +400,7 @@ class DumpFilter:
         pos = 0
         while pos < len(data):
             if self._closed is not None:  # after pg_dump's closing line, only blank lines
-                if self._NON_BLANK.search(data, pos):
+                if self._AFTER_END.search(data, pos):
                     number, line = self._closed
                     raise MetaCommandError(f"the backup contains a psql meta-command (line {number}: "
                                            f"{shown_line(line)}): it is not the dump's last line", number, line)
@@ -557,6 +589,16 @@ def check_target(target: PgTarget, *, create: bool, force: bool, bindir: Path | 
         log.warning("restoring into non-empty database %r on %s (--force)", db, where)
 
 
+def _check_psql(backup: BackupRef, bindir: Path | None) -> None:
+    psql = postgres.psql_version(bindir)
+    if not restrict_supported(psql):
+        raise PsqlTooOldError(
+            f"restore {backup.url}: psql {psql[0]}.{psql[1]} ({postgres.tool('psql', bindir)}) has no \\restrict, "
+            "so nothing could stop it running a psql command hidden in the backup (\\! runs a shell). Nothing "
+            "was sent. Fix: set PG_BIN_DIR to the bin folder of a newer PostgreSQL client (18, or 17.6+, 16.10+, "
+            "15.14+, 14.19+, 13.22+).")
+
+
 def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, storage: Storage,
                    create: bool = False, force: bool = False,
                    on_progress: Callable[[int], None] | None = None,
@@ -569,13 +611,7 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, stora
     db = target.database
     shown = target.display
     result = RestoreResult(backup, shown)
-    psql = postgres.psql_version(bindir)
-    if not restrict_supported(psql):
-        raise PsqlTooOldError(
-            f"restore {backup.url}: psql {psql[0]}.{psql[1]} ({postgres.tool('psql', bindir)}) has no \\restrict, "
-            "so nothing could stop it running a psql command hidden in the backup (\\! runs a shell). Nothing "
-            "was sent. Fix: set PG_BIN_DIR to the bin folder of a newer PostgreSQL client (18, or 17.6+, 16.10+, "
-            "15.14+, 14.19+, 13.22+).")
+    _check_psql(backup, bindir)
     check_target(target, create=create, force=force, bindir=bindir)
     password = config.zip_password.reveal().encode() if config.zip_password else None
     started = time.monotonic()
@@ -721,15 +757,22 @@ def verify(config: Config, connection: Connection | str | int, databases: Sequen
     server = (with_password(parse_url(scratch_url, "--scratch-url"), config.env, conn.pg, flag="--scratch-url")
               if scratch_url else conn.pg)
     results: list[VerifyResult] = []
+    # The globals backup is checked with the databases, or alone when (globals) is named.
+    want_globals = not databases or keys.GLOBALS in databases
+    named = [d for d in databases if d != keys.GLOBALS] if databases else []
+    newest_globals: BackupRef | None = None
     try:
         latest: dict[str, BackupRef] = {}
-        for ref in find_backups(config, conn, databases[0] if databases and len(databases) == 1 else None,
-                                storage=storage):
-            latest.setdefault(ref.database, ref)
+        one = named[0] if len(named) == 1 and not want_globals else None
+        for ref in find_backups(config, conn, one, storage=storage):
+            if ref.kind == "globals":
+                newest_globals = newest_globals or ref
+            else:
+                latest.setdefault(ref.database, ref)
     except StorageError as exc:
         msg = redact(str(exc))
         return [VerifyResult(conn.name, d, error=msg) for d in (databases or ["*"])]
-    for db in databases or sorted(latest):
+    for db in named if databases else sorted(latest):
         found = latest.get(db)
         result = VerifyResult(conn.name, db)
         results.append(result)
@@ -738,7 +781,39 @@ def verify(config: Config, connection: Connection | str | int, databases: Sequen
             log.error("%s", result.error)
             continue
         _verify_one(config, found, server, storage, result, on_progress, on_start)
+    if want_globals and newest_globals is not None:
+        result = VerifyResult(conn.name, keys.GLOBALS, kind="globals")
+        results.append(result)
+        _verify_globals(config, newest_globals, server if scratch_url else None, storage, result, on_progress,
+                        on_start)
     return results
+
+
+def _verify_globals(config: Config, ref: BackupRef, server: PgTarget | None, storage: Storage,
+                    result: VerifyResult, on_progress: Callable[[VerifyResult, int], None] | None,
+                    on_start: Callable[[VerifyResult, int], None] | None) -> None:
+    """On a scratch server (--scratch-url): run the whole dump there in a transaction that is rolled back,
+    leaving the roles it has alone (a scratch cluster has its own). Else read and check the object only:
+    roles are server-wide, and the connection's own server is no scratch to try them on."""
+    started = time.monotonic()
+    result.bucket, result.key = ref.bucket, ref.key
+    result.taken = ref.taken.isoformat(timespec="minutes") if ref.taken else None
+    if server is not None:
+        result.scratch_server = f"{server.user}@{server.host}:{server.port}"
+    try:
+        done = restore_globals(config, ref, server, storage=storage, skip_existing=True, rollback=True,
+                               on_progress=(lambda n: on_progress(result, n)) if on_progress else None,
+                               on_start=(lambda n: on_start(result, n)) if on_start else None)
+    except Exception as exc:
+        result.error = _verify_error(exc, ref)
+        log.error("verify failed: %s", result.error)
+    else:
+        result.object_bytes, result.sql_bytes = done.object_bytes, done.sql_bytes
+        result.roles = len(done.created_roles) + len(done.skipped_roles)
+        result.status = "ok"
+        log.info("verified %s: %d role(s)%s", ref.url, result.roles,
+                 f", run on {result.scratch_server} and rolled back" if server is not None else " (read and checked)")
+    result.seconds = round(time.monotonic() - started, 3)
 
 
 def _verify_error(exc: Exception, ref: BackupRef) -> str:
@@ -785,3 +860,111 @@ def _verify_one(config: Config, ref: BackupRef, server: PgTarget, storage: Stora
                  result.rows, result.restored_size, result.seconds)
     else:
         log.error("verify failed: %s", result.error)
+
+
+# --------------------------------------------------------------------------------------------------
+# Roles and other globals
+
+
+class GlobalsFilter(DumpFilter):
+    """DumpFilter for pg_dumpall's output, which ends with comments after its ``\\unrestrict`` line."""
+
+    _AFTER_END = re.compile(rb"^(?![ \t\r\f\v]*(?:--[^\n]*)?(?:\n|\Z))", re.MULTILINE)
+
+
+#: pg_dumpall's last line: a globals dump without it was cut short before it was stored.
+_GLOBALS_END = b"-- PostgreSQL database cluster dump complete"
+
+
+def restore_globals(config: Config, backup: BackupRef, target: PgTarget | None, *, storage: Storage,
+                    skip_existing: bool = False, rollback: bool = False,
+                    on_progress: Callable[[int], None] | None = None,
+                    on_start: Callable[[int], None] | None = None) -> RestoreResult:
+    """Run a globals backup (roles, memberships, role settings, tablespaces) on ``target``'s server, in
+    one transaction committed only once the object proved intact, as :func:`restore_backup` does.
+
+    psql connects to ``target.database``; roles are server-wide. The roles the target already has are
+    left as they are (roles.RoleFilter): the one psql logs in as always, the others only with
+    ``skip_existing``, else the restore fails naming them and commits nothing. ``rollback`` runs it all and
+    then rolls back: verify's proof that the target accepts every statement, leaving nothing behind.
+    Without a ``target`` the object is only read and checked (verify without --scratch-url).
+    """
+    if backup.kind != "globals":
+        raise ConfigError(f"restore --globals {backup.url}: not a globals backup. Fix: restore it without --globals.")
+    bindir = config.pg_bindir
+    shown = f"{target.user}@{target.host}:{target.port}" if target else "(checked only)"
+    result = RestoreResult(backup, shown)
+    existing: set[str] = set()
+    if target is not None:
+        _check_psql(backup, bindir)
+        existing = postgres.role_names(target, bindir=bindir)
+    password = config.zip_password.reveal().encode() if config.zip_password else None
+    started = time.monotonic()
+    download = storage.download(backup.bucket, backup.key)
+    if on_start is not None:
+        on_start(download.info.size)
+    session: postgres.RestoreSession | None = None
+    one = GlobalsFilter()
+    kept = roles.RoleFilter(existing, target.user if target else "", skip_existing=skip_existing)
+    try:
+        hashing = _HashingReader(download, on_progress)
+        reader = MemberReader(hashing, password, chunk_size=READ_CHUNK)
+        chunks = iter(reader)
+        first = next(chunks, b"")
+        version = 180000
+        if target is not None:
+            session = postgres.RestoreSession(target, target.database, bindir=bindir)
+            version = postgres.server_version_num(target, bindir=bindir)
+        write = session.write if session is not None else lambda data: None
+        try:
+            tail = first[-256:]
+            write(kept.feed(one.feed(adapt_header(first, version))))
+            for chunk in chunks:
+                tail = (tail + chunk)[-256:]
+                write(kept.feed(one.feed(chunk)))
+            write(kept.feed(one.flush()) + kept.flush())
+        except postgres.PostgresError:
+            for _ in chunks:
+                pass
+            raise
+        hashing.drain()
+        result.checks.append("AES authentication code" if hashing.encrypted else "ZIP CRC-32")
+        _check_object(backup, download, hashing, reader, result)
+        if _GLOBALS_END not in tail:
+            raise IntegrityError(f"restore {backup.url}: the dump does not end as pg_dumpall ends one: it was cut "
+                                 "short before it was stored")
+        result.checks.append("pg_dumpall's closing line")
+        if kept.conflicts:
+            raise RolesExistError(
+                f"restore {backup.url}: {len(kept.conflicts)} role(s) of the backup already exist on {shown}: "
+                f"{_names(kept.conflicts)}. Fix: add --skip-existing to create only the missing roles and leave "
+                "these as they are, or restore into a server without them.")
+        if session is not None:
+            if rollback:
+                session.write(b"ROLLBACK;\n")
+            session.commit()
+            result.sql_bytes = session.bytes_written
+    except BaseException as exc:
+        if session is not None:
+            session.abort()
+        explained = _explain(exc, backup, shown, one) if isinstance(exc, Exception) else exc
+        if explained is exc:
+            raise
+        raise explained from exc
+    finally:
+        download.close()
+        if session is not None:
+            session.close()
+    result.created_roles, result.skipped_roles = kept.created, kept.skipped
+    result.object_bytes = hashing.bytes_read
+    result.seconds = round(time.monotonic() - started, 3)
+    log.info("%s %s on %s: %d role(s) created, %d left as they were (%s), %.1fs",
+             "tried (rolled back)" if rollback else "restored", backup.url, shown, len(kept.created),
+             len(kept.skipped), _names(kept.skipped) or "none", result.seconds)
+    return result
+
+
+def _names(names: Sequence[str], shown: int = 10) -> str:
+    """Role names for a message: quoted, escaped, the first ``shown`` and a count of the rest."""
+    listed = ", ".join(shown_line(repr(n).encode(), 70) for n in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")

@@ -101,11 +101,20 @@ def _one_connection(config: Config, name: str | None) -> Connection:
 def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     conn = _one_connection(config, args.connection)
     at = restore.parse_at(args.at, config) if args.at else None
+    if args.globals and (args.database or args.create or args.force):
+        raise ConfigError("restore --globals: roles belong to the server, not to a database, so --database, --create "
+                          "and --force do not apply. Fix: drop them; --target-url names the server (and the "
+                          "database psql connects to).")
+    if args.skip_existing and not args.globals:
+        raise ConfigError("restore --skip-existing: only a globals restore skips what exists. Fix: add --globals.")
     target = restore.parse_target(args.target_url, env=config.env, fallback=conn.pg)
-    bar = _Bar(f"restore {target.database}")
+    bar = _Bar(f"restore {'globals' if args.globals else target.database}")
     try:
         storage = S3Storage(conn.s3)  # one client for finding and reading: each costs a start-up
-        backup = restore.select_backup(config, conn, args.database, at=at, key=args.key, storage=storage)
+        backup = restore.select_backup(config, conn, args.database, at=at, key=args.key, storage=storage,
+                                       globals_only=args.globals)
+        if args.globals:
+            return _restore_globals(config, backup, target, storage, args.skip_existing, bar)
         taken = f" taken {backup.taken:%Y-%m-%d %H:%M}" if backup.taken else ""
         print(f"restoring {backup.url}{taken} into {target.display}", file=sys.stderr)
         try:
@@ -119,6 +128,23 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     print(f"restored {backup.url} into {result.target}: {size(result.object_bytes)} read, "
           f"{size(result.sql_bytes)} of SQL, {result.seconds:.1f}s ({rate}); "
           f"checked: {', '.join(result.checks)}")
+    return EXIT_OK
+
+
+def _restore_globals(config: Config, backup: restore.BackupRef, target: postgres.RestoreTarget, storage: S3Storage,
+                     skip_existing: bool, bar: _Bar) -> int:
+    taken = f" taken {backup.taken:%Y-%m-%d %H:%M}" if backup.taken else ""
+    print(f"restoring the roles and other globals of {backup.url}{taken} on {target.user}@{target.host}:"
+          f"{target.port}", file=sys.stderr)
+    try:
+        result = restore.restore_globals(config, backup, target, storage=storage, skip_existing=skip_existing,
+                                         on_start=bar.start, on_progress=bar.update)
+    finally:
+        bar.close()
+    print(f"restored {backup.url} on {result.target}: {len(result.created_roles)} role(s) created, "
+          f"{len(result.skipped_roles)} already there and left as they were"
+          + (f" ({', '.join(result.skipped_roles)})" if result.skipped_roles else "")
+          + f"; checked: {', '.join(result.checks)}")
     return EXIT_OK
 
 
@@ -146,7 +172,8 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         print(json.dumps({"ok": all(r.ok for r in results), "results": [r.as_dict() for r in results]},
                          indent=2, ensure_ascii=False))
     else:
-        rows = [[f"{r.connection}/{r.database}", r.taken or "-", str(r.tables), str(r.rows),
+        rows = [[f"{r.connection}/{r.database}", r.taken or "-", "-" if r.kind == "globals" else str(r.tables),
+                 f"{r.roles} roles" if r.kind == "globals" else str(r.rows),
                  size(r.restored_size), f"{r.seconds:.1f}", r.status] for r in results]
         if rows:
             print(table(rows, ["database", "backup taken", "tables", "rows", "restored size", "seconds",
@@ -182,6 +209,10 @@ def register(subparsers: Any) -> None:
     r.add_argument("--connection", "-c", metavar="NAME", help="the connection whose backups to use "
                    "(needed when PG_URLS has several)")
     r.add_argument("--database", "-d", metavar="DB", help="the backed-up database (not needed with --key)")
+    r.add_argument("--globals", action="store_true", help="restore the connection's roles and other globals "
+                   "(BACKUP_GLOBALS) on the target's server instead of a database; do it before the databases")
+    r.add_argument("--skip-existing", action="store_true", help="with --globals: leave the roles the target "
+                   "already has as they are (the role you log in as always is) and create the others")
     pick = r.add_mutually_exclusive_group()
     pick.add_argument("--latest", action="store_true", help="the newest backup (the default)")
     pick.add_argument("--at", metavar='"YYYY-MM-DD HH:MM"', help="the newest backup at or before this "

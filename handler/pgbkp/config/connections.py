@@ -33,7 +33,8 @@ from pgbkp.redact import Secret
 
 
 def connection(item: Item, glob_s3: S3Settings, global_bucket: str | None, global_ignore: frozenset[str],
-               retention: Mapping[str, int], lock_mode: str | None, warnings: list[str]) -> Connection:
+               retention: Mapping[str, int], lock_mode: str | None, warnings: list[str],
+               global_globals: bool = False) -> Connection:
     """The item over the global settings; appends what deserves a warning (an archive storage class) to
     ``warnings``."""
     f = item.fields
@@ -96,6 +97,7 @@ def connection(item: Item, glob_s3: S3Settings, global_bucket: str | None, globa
         retention_days=days,
         retention_weeks=weeks,
         retention_months=months,
+        globals=parse_bool(f["globals"], f"{where}: field 'globals'") if "globals" in f else global_globals,
     )
 
 

@@ -99,6 +99,8 @@ class Connection:
     retention_days: int
     retention_weeks: int
     retention_months: int
+    #: Also back up the roles and other globals (pg_dumpall --globals-only): ``globals=`` or BACKUP_GLOBALS.
+    globals: bool = False
 
     @property
     def base_dir(self) -> str:

@@ -229,6 +229,10 @@ VARIABLES: tuple[Variable, ...] = (
              "one or more items, comma-separated", "required", exact=True),
     Variable("IGNORE_DATABASES", "backup", "databases to skip on every connection", "comma-separated names",
              "none (templates and databases that refuse connections are always skipped)", _names),
+    Variable("BACKUP_GLOBALS", "backup",
+             "also back up each connection's roles and other globals (`pg_dumpall --globals-only`), after its "
+             "databases, into its own object ([restore.md](restore.md#roles-and-other-globals)); `globals=` in a "
+             "`PG_URLS` item overrides it", _BOOL, "`false`", parse_bool, "false"),
     Variable("GLOBAL_PREFIX", "backup", "folder prepended to every key",
              "printable text; leading, trailing and doubled `/` are dropped; `.` and `..` folders are refused",
              "none", _global_prefix),
