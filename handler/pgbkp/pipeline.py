@@ -442,7 +442,8 @@ def backup_database(
 
 
 def policy_for(connection: Connection) -> retention.Policy:
-    return retention.Policy(connection.retention_days, connection.retention_weeks, connection.retention_months)
+    return retention.Policy(connection.retention_days, connection.retention_weeks, connection.retention_months,
+                            connection.retention_keep_last)
 
 
 def retention_plan(config: Config, job: Job, storage: Storage, *, protect: Sequence[str] = (),

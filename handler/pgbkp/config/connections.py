@@ -13,6 +13,7 @@ from pgbkp.config.model import Connection, S3Settings
 from pgbkp.config.pgurls import Item, parse_db_buckets, parse_url
 from pgbkp.config.values import (
     AWS_STORAGE_CLASSES,
+    MAX_KEEP_LAST,
     MAX_RETENTION,
     ConfigError,
     archive_tier_warning,
@@ -77,6 +78,8 @@ def connection(item: Item, glob_s3: S3Settings, global_bucket: str | None, globa
         if k in f else retention[k.split("_")[1]]
         for k in ("retention_days", "retention_weeks", "retention_months")
     )
+    keep_last = (parse_int(f["retention_keep_last"], f"{where}: field 'retention_keep_last'", minimum=1,
+                           maximum=MAX_KEEP_LAST) if "retention_keep_last" in f else retention["keep_last"])
     s3 = _storage_settings(s3, f, where, lock_mode, (days, weeks, months), warnings)
     db_buckets = parse_db_buckets(f["db_buckets"], where) if "db_buckets" in f else {}
     if bucket is None and not db_buckets:
@@ -96,6 +99,7 @@ def connection(item: Item, glob_s3: S3Settings, global_bucket: str | None, globa
         retention_days=days,
         retention_weeks=weeks,
         retention_months=months,
+        retention_keep_last=keep_last,
     )
 
 

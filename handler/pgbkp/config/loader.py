@@ -58,7 +58,7 @@ def load(env: Mapping[str, str] | None = None, *, log_warnings: bool = True) -> 
         sse=sse,
         sse_kms_key_id=kms_key,
     )
-    retention = {unit: v[f"RETENTION_{unit.upper()}"] for unit in ("days", "weeks", "months")}
+    retention = {unit: v[f"RETENTION_{unit.upper()}"] for unit in ("days", "weeks", "months", "keep_last")}
     ignore = v["IGNORE_DATABASES"] or frozenset()
 
     raw = v["PG_URLS"] or ""

@@ -99,6 +99,8 @@ class Connection:
     retention_days: int
     retention_weeks: int
     retention_months: int
+    #: RETENTION_KEEP_LAST or keep_last=: the newest backups retention always keeps (1: the newest).
+    retention_keep_last: int = 1
 
     @property
     def base_dir(self) -> str:

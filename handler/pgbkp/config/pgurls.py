@@ -36,6 +36,8 @@ KEY_ALIASES = {
     "retention_days": "retention_days",
     "retention_weeks": "retention_weeks",
     "retention_months": "retention_months",
+    "retention_keep_last": "retention_keep_last",
+    "keep_last": "retention_keep_last",
     "storage_class": "storage_class",
     "sse": "sse",
     "sse_kms_key_id": "sse_kms_key_id",

@@ -23,6 +23,7 @@ from pgbkp.config.values import (
     CHECKSUM_MODES,
     LOG_FORMATS,
     LOG_LEVELS,
+    MAX_KEEP_LAST,
     MAX_RETENTION,
     ConfigError,
     check_bucket,
@@ -263,6 +264,10 @@ VARIABLES: tuple[Variable, ...] = (
              "`0`", _retention("weeks"), "0"),
     Variable("RETENTION_MONTHS", "retention", "also keep the newest backup of each of the last N months", "0–1200",
              "`0`", _retention("months"), "0"),
+    Variable("RETENTION_KEEP_LAST", "retention",
+             "keep the N newest backups whatever their age (restic's `--keep-last`), a floor under the rules "
+             "above; it deletes nothing by itself: with the three above at 0, retention is off",
+             f"1–{MAX_KEEP_LAST}; `1` never deletes the newest", "`1`", Number(1, MAX_KEEP_LAST), "1"),
 
     Variable("TIMEZONE", "logs", "time zone of the names' timestamps, of retention's calendar days and of the schedule",
              "an IANA name (`UTC`, `Europe/Lisbon`)", f"`{DEFAULT_TIMEZONE}`", _timezone, DEFAULT_TIMEZONE),
