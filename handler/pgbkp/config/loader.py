@@ -67,7 +67,8 @@ def load(env: Mapping[str, str] | None = None, *, log_warnings: bool = True) -> 
                           "(several connections separated by commas).")
     items = [split_item(text, n) for n, text in enumerate(split_items(raw), start=1)]
     connections = name_connections([
-        connection(item, glob_s3, v["S3_BUCKET"], ignore, retention, v["S3_OBJECT_LOCK_MODE"], warnings)
+        connection(item, glob_s3, v["S3_BUCKET"], ignore, retention, v["S3_OBJECT_LOCK_MODE"], warnings,
+                   v["PG_DUMP_ARGS"] or ())
         for item in items
     ])
 

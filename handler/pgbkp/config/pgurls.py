@@ -42,6 +42,14 @@ KEY_ALIASES = {
     "sse": "sse",
     "sse_kms_key_id": "sse_kms_key_id",
     "object_lock_mode": "object_lock_mode",
+    "databases": "databases",
+    "exclude_schema": "exclude_schema",
+    "exclude_table": "exclude_table",
+    "exclude_table_data": "exclude_table_data",
+    "db_exclude_schema": "db_exclude_schema",
+    "db_exclude_table": "db_exclude_table",
+    "db_exclude_table_data": "db_exclude_table_data",
+    "pg_dump_args": "pg_dump_args",
 }
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 #: Query parameters that would contradict the URL itself, or put a secret into argv.

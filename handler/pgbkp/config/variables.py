@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgbkp.config.dumpargs import parse_dump_args
 from pgbkp.config.model import (
     DEFAULT_COMPRESSION_LEVEL,
     DEFAULT_PART_SIZE_MB,
@@ -210,6 +211,10 @@ VARIABLES: tuple[Variable, ...] = (
              "how long `pg_dump` waits for its table locks (`--lock-wait-timeout`); past it the backup fails "
              "naming the locked table", "0–86400; `0` waits forever", "`300`", Number(0, 86_400), "300",
              read_by="pipeline"),
+    Variable("PG_DUMP_ARGS", "backup",
+             "more `pg_dump` flags, for the ones pg-bkp does not model ([below](#pg_dump_args)); an item's "
+             "`pg_dump_args=` replaces it", "flags split as a shell would (no shell runs), each on the "
+             "allow-list: `--no-owner --no-privileges --quote-all-identifiers`…", "none", parse_dump_args),
 
     Variable("S3_BUCKET", "s3", "bucket for every connection and database that does not name its own",
              "a bucket name (3–63 of `a-z 0-9 . -`)", "none", check_bucket),
