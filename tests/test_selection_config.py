@@ -5,6 +5,7 @@ What they do to a real backup is in test_selection_backup.py (PgCluster, restore
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 
 from pgbkp import config, pipeline
 from pgbkp.config import ConfigError, dumpargs, load
+from pgbkp.storage.memory import MemoryStorage
+from tests.fakes import FakeDatabase, FakeDumpSource
 from tests.test_layer_binaries import layer  # noqa: F401 - the fixture: the built PostgreSQL 18 client
 
 URL = "postgres://user:pw@db.example.com:5432/postgres"
@@ -236,3 +239,69 @@ def test_select(names: list[str], include: list[str], chosen: list[str], missing
 ])
 def test_selection_fields_refused(fields: str, message: str) -> None:
     refused(f"a|{fields}|{URL}", f"PG_URLS item 1 (a): {message}")
+
+
+# --------------------------------------------------------------------------------------------------
+# plan() and run() with databases= and the excludes, on a fake server (the real one: test_selection_backup.py)
+
+
+def fake_plan(pg_urls: str, names: list[str], **env: str) -> tuple[pipeline.Plan, FakeDumpSource]:
+    cfg = load({"S3_BUCKET": "bkt", "TIMEZONE": "UTC", **env, "PG_URLS": pg_urls})
+    source = FakeDumpSource({"main": [FakeDatabase(n) for n in names]})
+    return pipeline.plan(cfg, source=source), source
+
+
+def test_plan_picks_the_include_list_minus_ignore(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="pgbkp.pipeline"):
+        the_plan, _ = fake_plan(f"main|databases=app*,crm,gone,tmp_*|ignore=app_old|{URL}",
+                                ["app", "app_new", "app_old", "crm", "other"], IGNORE_DATABASES="crm")
+    assert [j.database for j in the_plan.jobs] == ["app", "app_new"]
+    assert [(s.database, s.reason) for s in the_plan.skipped] == [
+        ("tmp_*", "databases= pattern 'tmp_*' matched no database on user@db.example.com:5432/postgres (found: "
+                  "'app', 'app_new', 'app_old', 'crm', 'other')"),
+        ("app_old", pipeline.IGNORED), ("crm", pipeline.IGNORED)]
+    assert [(r.database, r.status, r.error) for r in the_plan.failures] == [
+        ("gone", "failed", "PG_URLS item 1 (main): field 'databases': no database 'gone' on "
+                           "user@db.example.com:5432/postgres (templates and databases that refuse connections are "
+                           "never backed up). Fix: correct the name (found: 'app', 'app_new', 'app_old', 'crm', "
+                           "'other'), or remove it from databases=.")]
+    assert ("pgbkp.pipeline", logging.WARNING, "skipped tmp_*: " + the_plan.skipped[0].reason) in caplog.record_tuples
+
+
+def test_without_databases_every_database_is_planned_as_before() -> None:
+    the_plan, _ = fake_plan(f"main|ignore=b|{URL}", ["a", "b", "c"])
+    assert [j.database for j in the_plan.jobs] == ["a", "c"]
+    assert [j.dump_args for j in the_plan.jobs] == [(), ()]
+
+
+def test_the_urls_database_is_only_where_to_connect(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="pgbkp.pipeline"):
+        the_plan, _ = fake_plan("main|postgres://user:pw@db.example.com:5432/app", ["app", "crm"])
+    assert [j.database for j in the_plan.jobs] == ["app", "crm"]
+    assert ("PG_URLS item 1 (main): the URL's database 'app' only chooses where to connect: every database is "
+            "backed up (databases= picks some)") in caplog.messages
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pgbkp.pipeline"):
+        the_plan, _ = fake_plan("main|databases=app|postgres://user:pw@db.example.com:5432/app", ["app", "crm"])
+    assert [j.database for j in the_plan.jobs] == ["app"]
+    assert not [m for m in caplog.messages if "only chooses" in m]
+
+
+def test_each_dump_gets_its_flags_and_a_dry_run_shows_them(caplog: pytest.LogCaptureFixture) -> None:
+    pg_urls = (f"main|databases=app,crm|exclude_table=audit_*|db_exclude_table_data=crm=sessions|"
+               f"db_exclude_schema=nothere=x|{URL}")
+    with caplog.at_level(logging.INFO, logger="pgbkp.pipeline"):
+        the_plan, source = fake_plan(pg_urls, ["app", "crm"], PG_DUMP_ARGS="--no-owner")
+    assert {j.database: j.dump_args for j in the_plan.jobs} == {
+        "app": ("--no-owner", "--exclude-table=audit_*"),
+        "crm": ("--no-owner", "--exclude-table=audit_*", "--exclude-table-data=sessions")}
+    assert "app: pg_dump --no-owner '--exclude-table=audit_*'" in caplog.messages
+    assert "crm: pg_dump --no-owner '--exclude-table=audit_*' --exclude-table-data=sessions" in caplog.messages
+    assert ("PG_URLS item 1 (main): the db_exclude_* fields name database 'nothere', which "
+            "user@db.example.com:5432/postgres does not list") in caplog.messages
+    cfg = load({"S3_BUCKET": "bkt", "TIMEZONE": "UTC", "PG_DUMP_ARGS": "--no-owner", "PG_URLS": pg_urls})
+    result = pipeline.run(cfg, the_plan, storage_for=lambda c: MemoryStorage(["bkt"]), source=source)
+    assert [r.status for r in result.results] == ["ok", "ok"]
+    assert source.dump_args == {"main/app": ("--no-owner", "--exclude-table=audit_*"),
+                                "main/crm": ("--no-owner", "--exclude-table=audit_*",
+                                             "--exclude-table-data=sessions")}
