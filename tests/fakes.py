@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +103,8 @@ class FakeDumpSource:
     chunk: int = 4
     on_read: Callable[[str, int], None] | None = None
     events: list[str] = field(default_factory=list)
+    #: The extra pg_dump flags each dump was asked for, by "connection/database".
+    dump_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def databases(self, connection: Connection) -> tuple[postgres.ServerInfo, list[postgres.DatabaseInfo]]:
         self.events.append(f"list {connection.name}")
@@ -117,8 +119,9 @@ class FakeDumpSource:
         return "18.0 (fake)"
 
     def dump(self, connection: Connection, database: str, *, stop: Callable[[], bool],
-             lock_wait_timeout: int) -> FakeDump:
+             lock_wait_timeout: int, extra_args: Sequence[str] = ()) -> FakeDump:
         self.events.append(f"dump {connection.name}/{database}")
+        self.dump_args[f"{connection.name}/{database}"] = tuple(extra_args)
         [db] = [d for d in self.servers[connection.name] if d.name == database]
         return FakeDump(self, connection, db, stop)
 

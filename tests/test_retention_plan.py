@@ -41,9 +41,13 @@ def test_policy_describe_and_enabled() -> None:
     assert Policy(days=1).describe() == "1 calendar day"
     assert Policy(weeks=1, months=1).describe() == "1 ISO week, 1 month"
     assert Policy(months=3).enabled
+    assert Policy(days=7, keep_last=3).describe() == "7 calendar days, at least the 3 newest"
+    assert Policy(keep_last=3).describe() == "off"  # a floor under no rule deletes nothing: still off
+    assert not Policy(keep_last=3).enabled
 
 
-@pytest.mark.parametrize("kwargs", [{"days": -1}, {"weeks": -2}, {"months": -3}])
+@pytest.mark.parametrize("kwargs", [{"days": -1}, {"weeks": -2}, {"months": -3}, {"keep_last": 0},
+                                    {"keep_last": -1}])
 def test_policy_rejects_negative(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="retention policy"):
         Policy(**kwargs)
@@ -54,6 +58,8 @@ def test_policy_rejects_non_int() -> None:
         Policy(days="7")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         Policy(days=True)
+    with pytest.raises(TypeError):
+        Policy(days=1, keep_last=True)
 
 
 def test_backup_rejects_aware_datetime() -> None:
@@ -144,6 +150,49 @@ def test_forty_days_with_weeks_and_months() -> None:
         "older than 4 ISO weeks",
         "not the newest of month 2026-10",
     )
+
+
+def test_forty_days_with_keep_last() -> None:
+    """docs/retention.md's worked example: RETENTION_KEEP_LAST=10 keeps the three of the 10 newest that no
+    rule keeps (today's 03:00, the 14th's 03:00, the 13th), each with its reason; the rules' keepers are
+    unchanged, and reason nothing new."""
+    backups = forty_days()
+    today = date(2026, 11, 20)
+    base = plan(backups, today, Policy(days=7, weeks=4, months=6))
+    p = plan(backups, today, Policy(days=7, weeks=4, months=6, keep_last=10))
+    floor = {"db_20261120_0300.zip", "db_20261114_0300.zip", "db_20261113_0300.zip"}
+    assert keys(p.keep) == keys(base.keep) | floor
+    assert (len(p.keep), len(p.delete)) == (13, 33)
+    for key in floor:
+        assert reasons_of(p, key) == ("one of the 10 newest",)
+    assert {d.backup.key: d.reasons for d in p.keep if d.backup.key not in floor} == \
+        {d.backup.key: d.reasons for d in base.keep}
+    assert [d.backup.key for d in p.keep][:3] == ["db_20261120_1530.zip", "db_20261120_0300.zip",
+                                                  "db_20261119_0300.zip"]
+
+
+def test_keep_last_keeps_old_backups_when_the_job_stopped() -> None:
+    """Backups stopped months ago: the rules would keep only the newest; keep_last=3 keeps three."""
+    backups = [bk("20260101_0300"), bk("20260102_0300"), bk("20260103_0300"), bk("20260104_0300")]
+    p = plan(backups, date(2026, 11, 20), Policy(days=7, keep_last=3))
+    assert [(d.backup.key, d.reasons, d.keep_until) for d in p.keep] == [
+        ("db_20260104_0300.zip", ("one of the 3 newest",), None),
+        ("db_20260103_0300.zip", ("one of the 3 newest",), None),
+        ("db_20260102_0300.zip", ("one of the 3 newest",), None),
+    ]
+    assert [(d.backup.key, d.reasons) for d in p.delete] == [("db_20260101_0300.zip", ("older than 7 calendar days",))]
+
+
+def test_keep_last_larger_than_the_history_keeps_everything() -> None:
+    backups = [bk("20260101_0300"), bk("20261120_0300")]
+    p = plan(backups, date(2026, 11, 20), Policy(days=1, keep_last=5))
+    assert p.delete == ()
+    assert [d.reasons for d in p.keep] == [("newest of 2026-11-20",), ("one of the 5 newest",)]
+
+
+def test_keep_last_does_nothing_with_retention_off() -> None:
+    backups = forty_days()
+    assert plan(backups, date(2026, 11, 20), Policy(keep_last=3)) == plan(backups, date(2026, 11, 20), Policy())
 
 
 def test_forty_days_weeks_only_and_months_only() -> None:
@@ -438,6 +487,7 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Backup], date, Policy, frozenset[st
             days=st.integers(min_value=0, max_value=15),
             weeks=st.integers(min_value=0, max_value=8),
             months=st.integers(min_value=0, max_value=5),
+            keep_last=st.integers(min_value=1, max_value=6),
         )
     )
     all_keys = sorted({b.key for b in backups})
@@ -569,6 +619,31 @@ def test_prop_retention_off_keeps_all(scn: tuple[list[Backup], date, Policy, fro
     p = plan(backups, today, Policy(), protect=protect)
     assert p.delete == ()
     assert keys(p.keep) == set(unique(backups))
+
+
+@PROPS
+@given(scenarios())
+def test_prop_keep_last_keeps_the_n_newest(scn: tuple[list[Backup], date, Policy, frozenset[str]]) -> None:
+    """restic's --keep-last: with any rule on, the N newest are kept whatever their age; keep_last only ever
+    adds keepers (to the plan of N=1), with its reason only where nothing else keeps them."""
+    backups, today, policy, protect = scn
+    if not policy.enabled:
+        policy = Policy(days=1, keep_last=policy.keep_last)
+    n = policy.keep_last
+    p = plan(backups, today, policy, protect=protect)
+    newest = sorted(unique(backups).values(), key=lambda b: (b.taken, b.key), reverse=True)[:n]
+    assert {b.key for b in newest} <= keys(p.keep)
+    floor_only = Policy(policy.days, policy.weeks, policy.months)  # keep_last=1
+    one = plan(backups, today, floor_only, protect=protect)
+    assert keys(p.keep) == keys(one.keep) | {b.key for b in newest}
+    reason = "newest backup, always kept" if n == 1 else f"one of the {n} newest"
+    for d in p.keep:
+        if reason in d.reasons:
+            assert d.reasons == (reason,)
+            assert d.backup.key in {b.key for b in newest}
+            assert d.keep_until is None  # no date: a lock need not (and cannot) cover it
+        else:
+            assert d == next(o for o in one.keep if o.backup.key == d.backup.key)
 
 
 # --------------------------------------------------------------------------- Object Lock dates

@@ -12,6 +12,7 @@ order, budget, signals and retention of a run can be tested without a server.
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,7 +24,7 @@ from typing import Any, Protocol, cast
 
 from pgbkp import __version__, integrity, keys, postgres, retention
 from pgbkp.archive import ZipStreamWriter
-from pgbkp.config import Config, Connection, S3Settings, setting
+from pgbkp.config import Config, Connection, S3Settings, select, setting
 from pgbkp.output import OK_STATUSES
 from pgbkp.redact import redact
 from pgbkp.storage import ObjectExistsError, ObjectInfo, Storage, StorageError
@@ -52,6 +53,8 @@ class Job:
     server_version: str = ""
     #: "database", or "globals" for the connection's roles and other globals (database is keys.GLOBALS).
     kind: str = "database"
+    #: pg_dump's extra argv items: PG_DUMP_ARGS and the exclude fields (Connection.dump_args_for).
+    dump_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -205,8 +208,9 @@ class DumpSource(Protocol):
     def version(self) -> str: ...
 
     def dump(self, connection: Connection, database: str, *, stop: Callable[[], bool],
-             lock_wait_timeout: int) -> AbstractContextManager[DumpReader]:
-        """The dump of ``database``; ``stop`` is polled while it waits (a stalled dump must still stop)."""
+             lock_wait_timeout: int, extra_args: Sequence[str] = ()) -> AbstractContextManager[DumpReader]:
+        """The dump of ``database``; ``stop`` is polled while it waits (a stalled dump must still stop);
+        ``extra_args``: more pg_dump flags (Job.dump_args), each one argv item."""
         ...
 
     def dump_globals(self, connection: Connection, *,
@@ -231,9 +235,9 @@ class PgDumpSource:
             return "unknown"
 
     def dump(self, connection: Connection, database: str, *, stop: Callable[[], bool],
-             lock_wait_timeout: int) -> postgres.DumpStream:
+             lock_wait_timeout: int, extra_args: Sequence[str] = ()) -> postgres.DumpStream:
         return postgres.DumpStream(connection.pg, database, bindir=self.bindir, stop=stop,
-                                   lock_wait_timeout=lock_wait_timeout)
+                                   lock_wait_timeout=lock_wait_timeout, extra_args=extra_args)
 
     def dump_globals(self, connection: Connection, *, stop: Callable[[], bool]) -> postgres.GlobalsDump:
         return postgres.GlobalsDump(connection.pg, bindir=self.bindir, stop=stop)
@@ -290,8 +294,7 @@ def plan(
                 out.skipped.append(Skipped(conn.name, name, reason))
             chosen = [names[d] for d in databases if d in names]
         else:
-            chosen = [d for d in found if d.name not in conn.ignore]
-            out.skipped += [Skipped(conn.name, d.name, IGNORED) for d in found if d.name in conn.ignore]
+            chosen = _select(conn, item, found, out)
         for info in chosen:
             ctx = {"connection": conn.name, "database": info.name}
             bucket = conn.bucket_for(info.name)
@@ -310,7 +313,10 @@ def plan(
                                                    error=error))
                 continue
             assert bucket is not None
-            out.jobs.append(Job(conn, info.name, bucket, key, now, info.size, server.version))
+            dump_args = conn.dump_args_for(info.name)
+            if dump_args:  # --dry-run shows them too
+                log.info("%s: pg_dump %s", info.name, " ".join(map(shlex.quote, dump_args)), extra=ctx)
+            out.jobs.append(Job(conn, info.name, bucket, key, now, info.size, server.version, dump_args=dump_args))
         if conn.globals and (not databases or keys.GLOBALS in databases):
             _plan_globals(config, conn, now, server, out)
     return out
@@ -328,6 +334,34 @@ def _plan_globals(config: Config, conn: Connection, now: datetime, server: postg
         out.failures.append(DatabaseResult(conn.name, keys.GLOBALS, error=error, kind="globals"))
         return
     out.jobs.append(Job(conn, keys.GLOBALS, bucket, key, now, 0, server.version, kind="globals"))
+
+
+def _select(conn: Connection, item: str, found: list[postgres.DatabaseInfo], out: Plan) -> list[postgres.DatabaseInfo]:
+    """What databases= picks from the listing (every database when it is not given), less IGNORE_DATABASES
+    and ignore= (recorded as skipped). A *name* the server does not list fails on its own, with the fix; a
+    pattern that matches nothing is a warning (a family of databases may be empty for now)."""
+    ctx = {"connection": conn.name}
+    sel = select([d.name for d in found], conn.databases)
+    listed = ", ".join(map(repr, sorted(d.name for d in found))) or "none"
+    for name in sel.missing:
+        msg = (f"{item}: field 'databases': no database {name!r} on {conn.pg.display} (templates and databases "
+               f"that refuse connections are never backed up). Fix: correct the name (found: {listed}), or "
+               "remove it from databases=.")
+        log.error("%s", msg, extra={**ctx, "database": name})
+        out.failures.append(DatabaseResult(conn.name, name, error=msg))
+    for pattern in sel.unmatched:
+        reason = f"databases= pattern {pattern!r} matched no database on {conn.pg.display} (found: {listed})"
+        log.warning("skipped %s: %s", pattern, reason, extra={**ctx, "database": pattern})
+        out.skipped.append(Skipped(conn.name, pattern, reason))
+    for name in sorted(set(conn.db_dump_args) - {d.name for d in found}):
+        log.warning("%s: the db_exclude_* fields name database %r, which %s does not list", item, name,
+                    conn.pg.display, extra=ctx)
+    if not conn.databases and conn.pg.database != "postgres":
+        log.info("%s: the URL's database %r only chooses where to connect: every database is backed up "
+                 "(databases= picks some)", item, conn.pg.database, extra=ctx)
+    picked = set(sel.chosen)
+    out.skipped += [Skipped(conn.name, d.name, IGNORED) for d in found if d.name in picked and d.name in conn.ignore]
+    return [d for d in found if d.name in picked and d.name not in conn.ignore]
 
 
 def check_buckets(jobs: Iterable[Job], storage_for: Callable[[Connection], Storage]) -> dict[tuple[int, str], str]:
@@ -437,7 +471,7 @@ def backup_database(
         password = config.zip_password.reveal().encode() if config.zip_password else None
         opened = (source.dump_globals(job.connection, stop=should_stop) if job.kind == "globals" else
                   source.dump(job.connection, job.database, stop=should_stop,
-                              lock_wait_timeout=lock_wait_timeout(config)))
+                              lock_wait_timeout=lock_wait_timeout(config), extra_args=job.dump_args))
         with opened as dump:
             writer = ZipStreamWriter(upload, keys.member_name(job.key), password=password,
                                      level=config.compression_level, threads=config.compression_threads,
@@ -483,7 +517,8 @@ def backup_database(
 
 
 def policy_for(connection: Connection) -> retention.Policy:
-    return retention.Policy(connection.retention_days, connection.retention_weeks, connection.retention_months)
+    return retention.Policy(connection.retention_days, connection.retention_weeks, connection.retention_months,
+                            connection.retention_keep_last)
 
 
 def retention_plan(config: Config, job: Job, storage: Storage, *, protect: Sequence[str] = (),

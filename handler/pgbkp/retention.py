@@ -13,13 +13,20 @@ Rules, in short:
 * ``weeks=W`` additionally keeps the newest backup of each of the last W ISO
   weeks (the current week is the first); ``months=M`` the newest of each of the
   last M calendar months (the current month is the first).
-* Safety nets: the newest backup overall, ``protect`` keys and backups dated
-  after today are never deleted.  All values 0 means retention is off.
+* ``keep_last=N`` (restic's ``--keep-last``) keeps the N newest backups whatever
+  their age; N=1, the default, is "never delete the newest".  It is a floor
+  under the rules above, not a rule of its own: with days, weeks and months all
+  0 retention is off and nothing is deleted, whatever N is.
+* Safety nets: the N newest backups, ``protect`` keys and backups dated after
+  today are never deleted.  All values 0 means retention is off.
 
 For S3 Object Lock the same rules give dates: :func:`lock_date` is the day a
 new backup's lock ends (the end of the finest rule's window), and a kept
 decision's ``keep_until`` is the day the rules stop keeping it, once the
 periods it is the newest of are over (so no later backup can take its place).
+``keep_last`` gives no date: what it keeps depends on backups not yet taken, so
+no lock is made to cover it (a backup it keeps stays, unlocked, until it leaves
+the N newest).
 """
 
 from __future__ import annotations
@@ -38,12 +45,18 @@ __all__ = [
     "local_today",
     "lock_date",
     "plan",
+    "reason_keep_last",
 ]
 
 REASON_OFF = "retention off"
 REASON_FUTURE = "dated after today"
 REASON_PROTECTED = "protected: written by this run"
 REASON_NEWEST = "newest backup, always kept"
+
+
+def reason_keep_last(n: int) -> str:
+    """Why ``keep_last`` keeps a backup no rule keeps: N=1 is today's "never delete the newest"."""
+    return REASON_NEWEST if n == 1 else f"one of the {n} newest"
 
 
 @dataclass(frozen=True)
@@ -66,20 +79,24 @@ def _plural(n: int, unit: str) -> str:
 
 @dataclass(frozen=True)
 class Policy:
-    """How much history to keep; each value 0 switches that rule off."""
+    """How much history to keep; each of days, weeks and months at 0 switches that rule off.
+    ``keep_last`` (at least 1) is the floor of newest backups always kept while any rule is on."""
 
     days: int = 0
     weeks: int = 0
     months: int = 0
+    keep_last: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("days", "weeks", "months"):
+        for name in ("days", "weeks", "months", "keep_last"):
             value = getattr(self, name)
             # bool is an int subclass; True as "1 day" would be a config bug.
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"retention policy {name}: expected int, got {type(value).__name__}")
             if value < 0:
                 raise ValueError(f"retention policy {name}: must be >= 0, got {value}")
+        if self.keep_last < 1:  # 0 would let the rules delete every backup there is
+            raise ValueError(f"retention policy keep_last: must be >= 1, got {self.keep_last}")
 
     @property
     def enabled(self) -> bool:
@@ -94,6 +111,8 @@ class Policy:
             parts.append(_plural(self.weeks, "ISO week"))
         if self.months:
             parts.append(_plural(self.months, "month"))
+        if parts and self.keep_last > 1:
+            parts.append(f"at least the {self.keep_last} newest")
         return ", ".join(parts) if parts else "off"
 
 
@@ -286,8 +305,11 @@ def plan(
             keep[b.key].append(REASON_FUTURE)
         if b.key in protected:
             keep[b.key].append(REASON_PROTECTED)
-    if ordered and not keep[ordered[0].key]:
-        keep[ordered[0].key].append(REASON_NEWEST)
+    # The floor: the N newest (future-dated ones count, as they are kept anyway), each with this
+    # reason only when nothing else keeps it, so a plan lists the floor where it made the difference.
+    for b in ordered[:policy.keep_last]:
+        if not keep[b.key]:
+            keep[b.key].append(reason_keep_last(policy.keep_last))
 
     return Plan(
         keep=tuple(Decision(b, tuple(keep[b.key]), until.get(b.key)) for b in ordered if keep[b.key]),

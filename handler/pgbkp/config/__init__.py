@@ -7,6 +7,8 @@ from here; the modules are, lowest first:
 
 - ``values``: ConfigError and the parsers and checks of single values (a bucket, an endpoint, a number);
 - ``model``: the dataclasses a loaded configuration is made of (Config, Connection, PgTarget, S3Settings);
+- ``selection``: ``databases=`` names and patterns, and the exclude fields (pg_dump's ``--exclude-*`` flags);
+- ``dumpargs``: PG_DUMP_ARGS, split and checked against its allow-list;
 - ``pgurls``: the PG_URLS grammar (items, metadata fields, postgres:// URLs);
 - ``variables``: the table of every environment variable (parser, default, reference row), and ``setting``;
 - ``typos``: warnings for names that look like ours but are not, and other tools' names;
@@ -37,6 +39,7 @@ from pgbkp.config.pgurls import (
     split_item,
     split_items,
 )
+from pgbkp.config.selection import Selection, select
 from pgbkp.config.typos import typo_warnings
 from pgbkp.config.values import (
     ARCHIVE_STORAGE_CLASSES,
@@ -84,6 +87,7 @@ __all__ = [
     "Connection",
     "PgTarget",
     "S3Settings",
+    "Selection",
     "Variable",
     "check_bucket",
     "check_endpoint",
@@ -97,6 +101,7 @@ __all__ = [
     "parse_db_buckets",
     "parse_int",
     "parse_url",
+    "select",
     "setting",
     "split_item",
     "split_items",

@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
+from pgbkp.config.dumpargs import parse_dump_args
 from pgbkp.config.model import Connection, S3Settings
 from pgbkp.config.pgurls import Item, parse_db_buckets, parse_url
+from pgbkp.config.selection import EXCLUDE_FLAGS, exclude_args, parse_db_patterns, split_patterns
 from pgbkp.config.values import (
     AWS_STORAGE_CLASSES,
+    MAX_KEEP_LAST,
     MAX_RETENTION,
     ConfigError,
     archive_tier_warning,
@@ -34,9 +37,9 @@ from pgbkp.redact import Secret
 
 def connection(item: Item, glob_s3: S3Settings, global_bucket: str | None, global_ignore: frozenset[str],
                retention: Mapping[str, int], lock_mode: str | None, warnings: list[str],
-               global_globals: bool = False) -> Connection:
-    """The item over the global settings; appends what deserves a warning (an archive storage class) to
-    ``warnings``."""
+               global_globals: bool = False, dump_args: tuple[str, ...] = ()) -> Connection:
+    """The item over the global settings (``dump_args``: PG_DUMP_ARGS); appends what deserves a warning
+    (an archive storage class) to ``warnings``."""
     f = item.fields
     where = item.label or f"PG_URLS item {item.number}"
     pg = parse_url(item.url, where)
@@ -78,6 +81,8 @@ def connection(item: Item, glob_s3: S3Settings, global_bucket: str | None, globa
         if k in f else retention[k.split("_")[1]]
         for k in ("retention_days", "retention_weeks", "retention_months")
     )
+    keep_last = (parse_int(f["retention_keep_last"], f"{where}: field 'retention_keep_last'", minimum=1,
+                           maximum=MAX_KEEP_LAST) if "retention_keep_last" in f else retention["keep_last"])
     s3 = _storage_settings(s3, f, where, lock_mode, (days, weeks, months), warnings)
     db_buckets = parse_db_buckets(f["db_buckets"], where) if "db_buckets" in f else {}
     if bucket is None and not db_buckets:
@@ -85,6 +90,15 @@ def connection(item: Item, glob_s3: S3Settings, global_bucket: str | None, globa
             f"{where}: field 'bucket': no bucket for this connection. Fix: set S3_BUCKET, or add "
             "bucket=NAME (or db_buckets=db=NAME,...) to this PG_URLS item."
         )
+    if "pg_dump_args" in f:  # replaces PG_DUMP_ARGS; empty: none for this connection
+        dump_args = parse_dump_args(f["pg_dump_args"], f"{where}: field 'pg_dump_args'")
+    db_dump_args: dict[str, tuple[str, ...]] = {}
+    for name in EXCLUDE_FLAGS:
+        if name in f:
+            dump_args += exclude_args(name, split_patterns(f[name], f"{where}: field {name!r}"))
+        if f"db_{name}" in f:
+            for db, patterns in parse_db_patterns(f[f"db_{name}"], f"{where}: field 'db_{name}'").items():
+                db_dump_args[db] = (*db_dump_args.get(db, ()), *exclude_args(name, patterns))
     return Connection(
         index=item.number - 1,
         name=prefix or pg.host,
@@ -98,6 +112,10 @@ def connection(item: Item, glob_s3: S3Settings, global_bucket: str | None, globa
         retention_weeks=weeks,
         retention_months=months,
         globals=parse_bool(f["globals"], f"{where}: field 'globals'") if "globals" in f else global_globals,
+        retention_keep_last=keep_last,
+        databases=split_patterns(f["databases"], f"{where}: field 'databases'") if "databases" in f else (),
+        dump_args=dump_args,
+        db_dump_args=db_dump_args,
     )
 
 

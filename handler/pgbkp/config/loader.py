@@ -58,7 +58,7 @@ def load(env: Mapping[str, str] | None = None, *, log_warnings: bool = True) -> 
         sse=sse,
         sse_kms_key_id=kms_key,
     )
-    retention = {unit: v[f"RETENTION_{unit.upper()}"] for unit in ("days", "weeks", "months")}
+    retention = {unit: v[f"RETENTION_{unit.upper()}"] for unit in ("days", "weeks", "months", "keep_last")}
     ignore = v["IGNORE_DATABASES"] or frozenset()
 
     raw = v["PG_URLS"] or ""
@@ -68,7 +68,7 @@ def load(env: Mapping[str, str] | None = None, *, log_warnings: bool = True) -> 
     items = [split_item(text, n) for n, text in enumerate(split_items(raw), start=1)]
     connections = name_connections([
         connection(item, glob_s3, v["S3_BUCKET"], ignore, retention, v["S3_OBJECT_LOCK_MODE"], warnings,
-                   v["BACKUP_GLOBALS"])
+                   v["BACKUP_GLOBALS"], v["PG_DUMP_ARGS"] or ())
         for item in items
     ])
 

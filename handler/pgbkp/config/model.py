@@ -101,6 +101,14 @@ class Connection:
     retention_months: int
     #: Also back up the roles and other globals (pg_dumpall --globals-only): ``globals=`` or BACKUP_GLOBALS.
     globals: bool = False
+    #: RETENTION_KEEP_LAST or keep_last=: the newest backups retention always keeps (1: the newest).
+    retention_keep_last: int = 1
+    #: databases=: names and patterns (config.selection); empty: every database the server lists.
+    databases: tuple[str, ...] = ()
+    #: pg_dump flags for every database: PG_DUMP_ARGS (or pg_dump_args=), then the exclude fields'.
+    dump_args: tuple[str, ...] = ()
+    #: More pg_dump flags for some databases (the db_exclude_* fields), by database name.
+    db_dump_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def base_dir(self) -> str:
@@ -109,6 +117,10 @@ class Connection:
         When two prefix-less connections share a host, their name (and so their folder) is host:port,
         so that their backups can never mix."""
         return self.name
+
+    def dump_args_for(self, database: str) -> tuple[str, ...]:
+        """pg_dump's extra argv items for ``database``: the connection's, then its own."""
+        return (*self.dump_args, *self.db_dump_args.get(database, ()))
 
     def bucket_for(self, database: str) -> str | None:
         """db_buckets entry, else the connection's bucket, else the global S3_BUCKET (already folded in)."""

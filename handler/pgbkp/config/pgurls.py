@@ -36,11 +36,21 @@ KEY_ALIASES = {
     "retention_days": "retention_days",
     "retention_weeks": "retention_weeks",
     "retention_months": "retention_months",
+    "retention_keep_last": "retention_keep_last",
+    "keep_last": "retention_keep_last",
     "storage_class": "storage_class",
     "sse": "sse",
     "sse_kms_key_id": "sse_kms_key_id",
     "object_lock_mode": "object_lock_mode",
     "globals": "globals",
+    "databases": "databases",
+    "exclude_schema": "exclude_schema",
+    "exclude_table": "exclude_table",
+    "exclude_table_data": "exclude_table_data",
+    "db_exclude_schema": "db_exclude_schema",
+    "db_exclude_table": "db_exclude_table",
+    "db_exclude_table_data": "db_exclude_table_data",
+    "pg_dump_args": "pg_dump_args",
 }
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 #: Query parameters that would contradict the URL itself, or put a secret into argv.

@@ -97,15 +97,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("POSTGRES_USER", _BOTH, "PG_URLS", _URL_FORM),
     Migration("POSTGRES_PASSWORD", _BOTH, "PG_URLS", _URL_FORM),
     Migration("POSTGRES_DATABASE", _S3, "PG_URLS",
-              "pg-bkp backs up every database of each server; IGNORE_DATABASES skips some"),
-    Migration("POSTGRES_DB", _LOCAL, "PG_URLS", "pg-bkp backs up every database of each server; IGNORE_DATABASES "
-              "skips some"),
+              "pg-bkp backs up every database of each server; databases= in a PG_URLS item picks some"),
+    Migration("POSTGRES_DB", _LOCAL, "PG_URLS", "pg-bkp backs up every database of each server; databases= in a "
+              "PG_URLS item picks some"),
     Migration("POSTGRES_USER_FILE", _LOCAL, "PG_URLS", _NO_FILES),
     Migration("POSTGRES_PASSWORD_FILE", _LOCAL, "PG_URLS", _NO_FILES),
-    Migration("PGDUMP_EXTRA_OPTS", _S3, "", "no equivalent: pg-bkp runs pg_dump with its own options "
-              "(plain SQL, streamed into one ZIP per database)"),
-    Migration("POSTGRES_EXTRA_OPTS", _BOTH, "", "no equivalent: pg-bkp runs pg_dump with its own options "
-              "(plain SQL, streamed into one ZIP per database)"),
+    Migration("PGDUMP_EXTRA_OPTS", _S3, "PG_DUMP_ARGS", "the flags on its allow-list only (no -F, -f, -j or "
+              "connection flags: pg-bkp streams plain SQL); exclude_table= and the like in PG_URLS for -T, -N"),
+    Migration("POSTGRES_EXTRA_OPTS", _BOTH, "PG_DUMP_ARGS", "the flags on its allow-list only (no -F, -f, -j or "
+              "connection flags: pg-bkp streams plain SQL); exclude_table= and the like in PG_URLS for -T, -N"),
     Migration("HEALTHCHECK_PORT", _LOCAL, "", "no equivalent: pg-bkp serves no HTTP; pgbkp health reads HEALTH_FILE, "
               "and HEALTHCHECK_URL pings a monitor"),
     Migration("DISCORD_WEBHOOK_URL", _S3, "", "no equivalent: HEALTHCHECK_URL pings a healthchecks.io-style "
@@ -114,8 +114,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("PG_HOST", "", "PG_URLS", _URL_FORM),
     Migration("PG_USER", "", "PG_URLS", _URL_FORM),
     Migration("PG_PASSWORD", "", "PG_URLS", _URL_FORM),
-    Migration("PG_DATABASE", "", "PG_URLS", "pg-bkp backs up every database of each server; IGNORE_DATABASES "
-              "skips some"),
+    Migration("PG_DATABASE", "", "PG_URLS", "pg-bkp backs up every database of each server; databases= in a "
+              "PG_URLS item picks some"),
 )
 _BY_NAME = {m.name: m for m in MIGRATIONS}
 

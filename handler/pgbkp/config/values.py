@@ -12,6 +12,8 @@ import urllib.parse
 
 #: Retention beyond a century is a typo, and would overflow date arithmetic in the planner.
 MAX_RETENTION = {"days": 36500, "weeks": 5200, "months": 1200}
+#: RETENTION_KEEP_LAST: a backup every minute for two months; more is a typo.
+MAX_KEEP_LAST = 100_000
 CHECKSUM_MODES = ("auto", "when_required", "off")
 SSE_MODES = ("AES256", "aws:kms")
 OBJECT_LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgbkp.config.dumpargs import parse_dump_args
 from pgbkp.config.model import (
     DEFAULT_COMPRESSION_LEVEL,
     DEFAULT_PART_SIZE_MB,
@@ -24,6 +25,7 @@ from pgbkp.config.values import (
     CHECKSUM_MODES,
     LOG_FORMATS,
     LOG_LEVELS,
+    MAX_KEEP_LAST,
     MAX_RETENTION,
     ConfigError,
     check_bucket,
@@ -242,6 +244,10 @@ VARIABLES: tuple[Variable, ...] = (
              "how long `pg_dump` waits for its table locks (`--lock-wait-timeout`); past it the backup fails "
              "naming the locked table", "0–86400; `0` waits forever", "`300`", Number(0, 86_400), "300",
              read_by="pipeline"),
+    Variable("PG_DUMP_ARGS", "backup",
+             "more `pg_dump` flags, for the ones pg-bkp does not model ([below](#pg_dump_args)); an item's "
+             "`pg_dump_args=` replaces it", "flags split as a shell would (no shell runs), each on the "
+             "allow-list: `--no-owner --no-privileges --quote-all-identifiers`…", "none", parse_dump_args),
 
     Variable("S3_BUCKET", "s3", "bucket for every connection and database that does not name its own",
              "a bucket name (3–63 of `a-z 0-9 . -`)", "none", check_bucket),
@@ -296,6 +302,10 @@ VARIABLES: tuple[Variable, ...] = (
              "`0`", _retention("weeks"), "0"),
     Variable("RETENTION_MONTHS", "retention", "also keep the newest backup of each of the last N months", "0–1200",
              "`0`", _retention("months"), "0"),
+    Variable("RETENTION_KEEP_LAST", "retention",
+             "keep the N newest backups whatever their age (restic's `--keep-last`), a floor under the rules "
+             "above; it deletes nothing by itself: with the three above at 0, retention is off",
+             f"1–{MAX_KEEP_LAST}; `1` never deletes the newest", "`1`", Number(1, MAX_KEEP_LAST), "1"),
 
     Variable("TIMEZONE", "logs", "time zone of the names' timestamps, of retention's calendar days and of the schedule",
              "an IANA name (`UTC`, `Europe/Lisbon`)", f"`{DEFAULT_TIMEZONE}`", _timezone, DEFAULT_TIMEZONE),
