@@ -9,10 +9,12 @@ through the redactor once more.
 
 from __future__ import annotations
 
+import contextlib
 import html
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pgbkp import __version__, health, history
 from pgbkp.output import size
@@ -27,7 +29,7 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:
 header{background:#1d232b;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
 header p{margin:4px 0 0;color:#c9d1db}main{padding:12px 24px;max-width:1100px}
 .verdict{display:inline-block;padding:2px 10px;border-radius:10px;font-weight:600}
-.healthy,.ok{color:#0b6b2e}.unhealthy,.failed{color:#b3261e}.verdict.healthy{background:#d6f5df}
+span.healthy,.ok:not(tr){color:#0b6b2e}span.unhealthy,.failed:not(tr){color:#b3261e}.verdict.healthy{background:#d6f5df}
 .verdict.unhealthy{background:#fbdad7}section.database{background:#fff;border:1px solid #dde2e8;border-radius:8px;
 margin:16px 0;padding:12px 16px}section.database h2{margin:0 0 6px;font-size:16px}
 table{border-collapse:collapse;width:100%;margin-top:8px}th,td{text-align:left;padding:4px 8px;
@@ -143,6 +145,8 @@ def render(doc: Mapping[str, Any], status: health.Status | None, now: datetime) 
     """The whole page: ``doc`` is a history snapshot, ``status`` the runner's health status."""
     if status is not None:
         ok, why = health.evaluate(status, now)
+        with contextlib.suppress(Exception):  # the page shows the runner's time zone; UTC if it is odd
+            now = now.astimezone(ZoneInfo(status.timezone))
         verdict = (f'<span class="verdict {"healthy" if ok else "unhealthy"}">{"healthy" if ok else "unhealthy"}'
                    f'</span> {_e(why)}')
         last = status.last_run
