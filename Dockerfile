@@ -52,6 +52,8 @@ CMD ["pgbkp.lambda_function.lambda_handler"]
 # (prometheus_client, for HTTP_ADDR's /metrics and METRICS_TEXTFILE). pip takes the extra's pinned
 # requirement from the installed pgbkp's metadata, so the pin lives in pyproject.toml only.
 FROM base AS runner
+# DL3013 (pin versions): pgbkp is the copy installed above, and its extra's pin is pyproject.toml's.
+# hadolint ignore=DL3013
 RUN pip install --no-cache-dir "pgbkp[runner]" \
     && python3 -c "import prometheus_client, pgbkp.metrics"
 
