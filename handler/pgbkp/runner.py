@@ -28,15 +28,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import takewhile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pgbkp import handler_core, health, logs, metrics, pipeline, progress, schedule, statuspage, webserver
+from pgbkp import handler_core, health, logs, metrics, pipeline, progress, schedule
 from pgbkp.config import Config, ConfigError, Connection, setting
 from pgbkp.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, summary_text
 from pgbkp.pipeline import DatabaseResult, Job, Observer
 from pgbkp.redact import redact
 from pgbkp.storage import Storage
 from pgbkp.storage.s3 import S3Storage
+
+if TYPE_CHECKING:  # http.server and the page are loaded only when HTTP_ADDR is set
+    from pgbkp import webserver
 
 log = logging.getLogger("pgbkp.runner")
 
@@ -367,6 +370,8 @@ def make_runner(config: Config, backup: BackupFn | None = None, **kwargs: Any) -
 def web_app(runner: Runner) -> webserver.App:
     """What HTTP_ADDR serves: the metrics and the page from the runner's history, and /healthz from its
     status, judged as ``pgbkp health`` judges the file (at the runner's clock)."""
+    from pgbkp import statuspage, webserver
+
     monitor = runner.monitor or metrics.Monitor(None, None)
     clock = runner._clock
     return webserver.App(
@@ -389,6 +394,8 @@ def start_web(config: Config, runner: Runner) -> webserver.WebServer | None:
     if address is None:
         return None
     metrics.require("HTTP_ADDR")
+    from pgbkp import webserver
+
     server = webserver.start(address, web_app(runner))
     log.info("serving %s/metrics, /healthz and / (HTTP_ADDR)", server.url)
     return server
