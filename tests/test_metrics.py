@@ -338,3 +338,16 @@ def test_serve_answers_metrics_over_http_after_a_real_run(pg: PgCluster, s3: S3S
     assert got[("pgbkp_backup_success", db(name))] == 1.0
     assert got[("pgbkp_backup_stored_bytes", db(name))] > 0
     assert ("pgbkp_next_run_timestamp_seconds", ()) in got
+
+
+def test_a_restore_test_shows_in_metrics_and_on_the_page(tmp_path: Path) -> None:
+    kept = history.History(tmp_path / "h.json")
+    kept.record_verify("main", "app", "2025-01-15T04:00:00+00:00", False, "restore app: 2 rows, expected 3")
+    doc = history.History(tmp_path / "h.json").snapshot()
+    got = samples(metrics.exposition(doc).decode())
+    assert got[("pgbkp_last_verify_timestamp_seconds", db("app"))] == datetime(2025, 1, 15, 4, tzinfo=UTC).timestamp()
+    assert got[("pgbkp_verify_success", db("app"))] == 0.0
+    from pgbkp import statuspage
+
+    page = statuspage.render(doc, None, START)
+    assert "failed: restore app: 2 rows, expected 3</span>, 2025-01-15 04:00 +0000" in page
