@@ -4,8 +4,10 @@
 #   * AWS Lambda (the default): CMD names the handler; `sam build` builds this file (template.yaml).
 #     `docker run` alone starts the base image's runtime interface emulator on port 8080: set
 #     PGBKP_LOCAL_RUNNER=1 there (README.md, "Run the image locally").
-#   * The local runner, by overriding the entrypoint:
-#       docker run --rm --env-file .env --entrypoint pgbkp pgbkp:latest serve
+#   * The local runner, by overriding the entrypoint, from the `runner` target (the same image plus
+#     prometheus_client for HTTP_ADDR and METRICS_TEXTFILE; docker-compose.yml builds it):
+#       docker build --target runner -t pgbkp-runner .
+#       docker run --rm --env-file .env --entrypoint pgbkp pgbkp-runner serve
 #
 # Needs layers/postgresql first (`make layer`, i.e. bash layers/build.sh): this file only copies it.
 # Either platform, from the same file: the base image is published for both, and the layer is built for
@@ -14,7 +16,7 @@
 #   ARCH=arm64 bash layers/build.sh && docker build --platform linux/arm64 -t pgbkp .
 # A layer of the other architecture fails the build below, at `pg_dump --version`.
 # Lambda ignores HEALTHCHECK; the compose file sets one for the runner.
-FROM public.ecr.aws/lambda/python:3.12
+FROM public.ecr.aws/lambda/python:3.12 AS base
 
 # The PostgreSQL 18 client tools and the libraries they need, laid out as the Lambda layer is
 # (/opt/bin, /opt/lib): the very files tests/test_layer_binaries.py runs. See layers/README.md.
@@ -45,3 +47,16 @@ RUN pip install --no-cache-dir /tmp/pgbkp-src \
     && pgbkp --help > /dev/null
 
 CMD ["pgbkp.lambda_function.lambda_handler"]
+
+# The local runner (docker-compose.yml builds this target): the same image plus the `runner` extra
+# (prometheus_client, for HTTP_ADDR's /metrics and METRICS_TEXTFILE). pip takes the extra's pinned
+# requirement from the installed pgbkp's metadata, so the pin lives in pyproject.toml only.
+FROM base AS runner
+# DL3013 (pin versions): pgbkp is the copy installed above, and its extra's pin is pyproject.toml's.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir "pgbkp[runner]" \
+    && python3 -c "import prometheus_client, pgbkp.metrics"
+
+# The Lambda function, and the default target (sam build, plain docker build): without the runner extra,
+# which the function would never use.
+FROM base AS lambda

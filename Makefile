@@ -23,12 +23,12 @@ system-deps: ## apt packages the tests and demo need (installed when root)
 # pyproject.toml changed, and `make dev` later adds its tools to the same venv without replacing the package.
 $(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -e .
+	$(PIP) install -e '.[runner]'
 	@touch $@
 
 $(DEV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,runner]'
 	@touch $@ $(RUNTIME_STAMP)
 
 install: $(RUNTIME_STAMP) ## create .venv with the `pgbkp` command and only what it needs to run

@@ -12,6 +12,8 @@ have ssh-keygen || need+=(openssh-client)
 have runuser  || need+=(util-linux)
 have docker-compose || need+=(docker-compose)
 have shellcheck || need+=(shellcheck)
+# tests/test_statuspage_browser.py loads the runner's status page in headless Chromium.
+{ have chromium || have chromium-browser; } || need+=(chromium)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql postgresql-client)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi

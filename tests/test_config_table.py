@@ -19,6 +19,7 @@ from pgbkp import (
     handler_core,
     health,
     logs,
+    metrics,
     pipeline,
     postgres,
     runner,
@@ -149,6 +150,8 @@ READERS: dict[str, Callable[[Mapping[str, str]], Any]] = {
     # Read where it is decided: on with stdout, or with auto inside ECS; off otherwise.
     "PGBKP_EMF": lambda env: {(True, True): "stdout", (False, True): "auto", (False, False): "off"}[
         (cli.emf_to_stdout(env), cli.emf_to_stdout({**env, cli.ECS_MARKER: "http://169.254.170.2/v4/x"}))],
+    "HTTP_ADDR": runner.http_address,
+    "METRICS_TEXTFILE": metrics.textfile_path,
 }
 
 

@@ -40,13 +40,14 @@ def stamp(tree: Path, name: str, when: int) -> None:
 
 
 def test_fresh_install_has_no_dev_extra(tree: Path) -> None:
-    assert dry_run(tree, "install") == [".venv/bin/python -m pip --disable-pip-version-check --quiet install -e ."]
+    assert dry_run(tree, "install") == [
+        ".venv/bin/python -m pip --disable-pip-version-check --quiet install -e '.[runner]'"]
 
 
 @pytest.mark.parametrize("target", ["dev", "test", "lint", "demo", "test-slow", "bench"])
 def test_dev_targets_install_the_dev_extra(tree: Path, target: str) -> None:
     assert dry_run(tree, target) == [
-        ".venv/bin/python -m pip --disable-pip-version-check --quiet install -e '.[dev]'"]
+        ".venv/bin/python -m pip --disable-pip-version-check --quiet install -e '.[dev,runner]'"]
 
 
 @pytest.mark.parametrize("target", ["install", "dev", "test", "lint"])
@@ -60,13 +61,14 @@ def test_dev_after_install_adds_the_tools_only(tree: Path) -> None:
     stamp(tree, ".installed-runtime", 2_000_000)
     assert dry_run(tree, "install") == []
     assert dry_run(tree, "dev") == [
-        ".venv/bin/python -m pip --disable-pip-version-check --quiet install -e '.[dev]'"]
+        ".venv/bin/python -m pip --disable-pip-version-check --quiet install -e '.[dev,runner]'"]
 
 
 def test_a_changed_pyproject_reinstalls(tree: Path) -> None:
     stamp(tree, ".installed-runtime", 2_000_000)
     stamp(tree, ".installed-dev", 2_000_000)
     os.utime(tree / "pyproject.toml", (3_000_000, 3_000_000))
-    assert dry_run(tree, "install") == [".venv/bin/python -m pip --disable-pip-version-check --quiet install -e ."]
+    assert dry_run(tree, "install") == [
+        ".venv/bin/python -m pip --disable-pip-version-check --quiet install -e '.[runner]'"]
     assert dry_run(tree, "test") == [
-        ".venv/bin/python -m pip --disable-pip-version-check --quiet install -e '.[dev]'"]
+        ".venv/bin/python -m pip --disable-pip-version-check --quiet install -e '.[dev,runner]'"]

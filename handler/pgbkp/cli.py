@@ -22,9 +22,10 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
-from pgbkp import __version__, emf, handler_core, health, logs, progress, restore_cli, runner
+from pgbkp import __version__, emf, handler_core, health, history, logs, metrics, progress, restore_cli, runner
 from pgbkp.config import Config, ConfigError, load, setting
 from pgbkp.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_selection, size, summary_text, table
 from pgbkp.pipeline import DatabaseResult, StorageCache
@@ -137,6 +138,7 @@ def emf_report(service: str, out: Any = None) -> Callable[[DatabaseResult], None
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     """Back up through the handler (as ``serve`` and Lambda do), with the runner's pings and log file."""
     runner.add_log_file(config)
+    textfile = metrics.textfile_path(config.env)  # checked before any work, even for a dry run
     pinger = health.Pinger(config.env.get("HEALTHCHECK_URL"))  # checked even for a dry run...
     if args.dry_run:
         pinger = health.Pinger(None)  # ...which neither starts nor ends a check: monitoring records real runs
@@ -164,6 +166,9 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     (log.info if code == EXIT_OK else log.error)("backup %s: %s", "done" if code == EXIT_OK else "failed",
                                                   body.splitlines()[0])
     (pinger.success if code == EXIT_OK else pinger.fail)(body)
+    if textfile is not None and not args.dry_run:  # the history gives the counters and last successes
+        finished = datetime.now(config.timezone).isoformat(timespec="seconds")
+        metrics.Monitor(history.path_for(config.env), textfile).after_run(list(summary.get("results", [])), finished)
     pinger.flush(health.EXIT_PING_WAIT, stop.alarm)  # pings go out in the background, within a deadline
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -12,8 +12,9 @@ Metrics Insights ``SUM`` over the namespace counts each backup once, as the temp
 ``BackupSucceeded``, ``BackupFailed`` (Count), ``BackupBytes`` (Bytes, the stored object),
 ``BackupSeconds`` (Seconds), ``RetentionDeleted`` (Count); for a database sent to ECS Fargate,
 ``BackupDispatched`` (Count) instead, since its task reports the others (``pgbkp.emf``). Per invocation, with
-``service`` only:
-``ConnectionsDispatched`` and ``DatabasesHandedOff`` (Count), and Powertools' ``ColdStart``.
+``service`` only: ``ConnectionsDispatched``, ``DatabasesHandedOff`` and ``DatabasesBackedUp`` (Count), and
+Powertools' ``ColdStart``. ``DatabasesBackedUp`` (0 when none) is one series whatever the databases, which the
+template's staleness alarm needs: Metrics Insights alarms see only the last 3 hours.
 """
 
 from __future__ import annotations
@@ -223,3 +224,5 @@ def _count_invocation(summary: Mapping[str, Any]) -> None:
     metrics.add_metric("ConnectionsDispatched", MetricUnit.Count, len(summary.get("dispatched", [])))
     metrics.add_metric("DatabasesHandedOff", MetricUnit.Count,
                        sum(len(h["databases"]) for h in summary.get("handed_off", [])))
+    metrics.add_metric("DatabasesBackedUp", MetricUnit.Count,
+                       sum(r.get("status") == "ok" for r in summary.get("results", [])))

@@ -12,9 +12,10 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from pgbkp import postgres, restore
+from pgbkp import history, postgres, restore
 from pgbkp.archive import ArchiveError
 from pgbkp.config import Config, ConfigError, Connection
 from pgbkp.output import EXIT_FAILED, EXIT_OK, add_selection, size, table
@@ -181,10 +182,23 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         for r in results:
             if r.error:
                 print(f"error: {r.connection}/{r.database}: {r.error}", file=sys.stderr)
+    _record_verify(config, results)
     if not results:
         print("pgbkp: error: verify found no backups to check", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def _record_verify(config: Config, results: list[restore.VerifyResult]) -> None:
+    """The last restore test of each database, for the status page and /metrics: only where a history is
+    kept already (pgbkp serve, or pgbkp backup with METRICS_TEXTFILE), so a one-off verify leaves no file."""
+    path = history.path_for(config.env)
+    if not results or not path.is_file():
+        return
+    kept = history.History(path)
+    finished = datetime.now(config.timezone).isoformat(timespec="seconds")
+    for r in results:
+        kept.record_verify(r.connection, r.database, finished, r.ok, r.error)
 
 
 # --------------------------------------------------------------------------------------------------

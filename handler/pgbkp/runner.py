@@ -28,15 +28,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import takewhile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pgbkp import handler_core, health, logs, pipeline, progress, schedule
+from pgbkp import handler_core, health, logs, metrics, pipeline, progress, schedule
 from pgbkp.config import Config, ConfigError, Connection, setting
 from pgbkp.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, summary_text
 from pgbkp.pipeline import DatabaseResult, Job, Observer
 from pgbkp.redact import redact
 from pgbkp.storage import Storage
 from pgbkp.storage.s3 import S3Storage
+
+if TYPE_CHECKING:  # http.server and the page are loaded only when HTTP_ADDR is set
+    from pgbkp import webserver
 
 log = logging.getLogger("pgbkp.runner")
 
@@ -116,6 +119,7 @@ class Runner:
         sleep: Callable[[float], Any] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         ping_wait: float | None = None,
+        monitor: metrics.Monitor | None = None,
     ) -> None:
         self.schedule = schedule
         self.grace = grace
@@ -124,6 +128,7 @@ class Runner:
         self._observer = pipeline.MultiObserver([_Tracking(self), *([observer] if observer else [])])
         self._pinger = pinger or health.Pinger(None)
         self._health_file = health_file
+        self.monitor = monitor
         self._clock = clock
         self._stop = health.Alarm()  # the first stop request
         self._hurry = health.Alarm()  # a later one: stop waiting for anything
@@ -238,8 +243,19 @@ class Runner:
         if outcome.ok:
             self.status.last_success_at = _iso(finished)
         self._save_status()
+        self._record(lambda m: m.after_run(outcome.results, _iso(finished)))
         (self._pinger.success if outcome.ok else self._pinger.fail)(outcome.summary)
         return outcome
+
+    def _record(self, action: Callable[[metrics.Monitor], None]) -> None:
+        """History and METRICS_TEXTFILE: never the reason a run fails or the scheduler stops."""
+        if self.monitor is None:
+            return
+        try:
+            action(self.monitor)
+        except Exception as exc:
+            log.warning("cannot record the run for the metrics and the status page: %s",
+                        redact(f"{type(exc).__name__}: {exc}"))
 
     def serve(self) -> int:
         """Run now, then on every tick until asked to stop. CRON_ENABLED=false: run once, return its code."""
@@ -277,6 +293,7 @@ class Runner:
         nxt = self.schedule.next_after(now)
         self.status.next_run_at = _iso(nxt)
         self._save_status()
+        self._record(lambda m: m.set_next_run(_iso(nxt)))
         log.info("next run at %s (%s, CRON_SCHEDULE=%r)", _iso(nxt), self.schedule.timezone.key,
                  self.schedule.expression)
         return nxt
@@ -345,18 +362,58 @@ def make_runner(config: Config, backup: BackupFn | None = None, **kwargs: Any) -
         pinger=health.Pinger(env.get("HEALTHCHECK_URL")),
         health_file=_health_file(env, check=True),
         grace=grace,
+        monitor=kwargs.pop("monitor", None) or metrics.Monitor.from_env(env),
         **kwargs,
     )
+
+
+def web_app(runner: Runner) -> webserver.App:
+    """What HTTP_ADDR serves: the metrics and the page from the runner's history, and /healthz from its
+    status, judged as ``pgbkp health`` judges the file (at the runner's clock)."""
+    from pgbkp import statuspage, webserver
+
+    monitor = runner.monitor or metrics.Monitor(None, None)
+    clock = runner._clock
+    return webserver.App(
+        metrics=monitor.exposition,
+        metrics_type=metrics.CONTENT_TYPE,
+        healthz=lambda: health.evaluate(runner.status, clock()),
+        page=lambda: statuspage.render(monitor.history.snapshot(), runner.status, clock()),
+    )
+
+
+def http_address(env: Mapping[str, str]) -> tuple[str, int] | None:
+    """HTTP_ADDR: (host, port), or None when off."""
+    address: tuple[str, int] | None = setting(env, "HTTP_ADDR")
+    return address
+
+
+def start_web(config: Config, runner: Runner) -> webserver.WebServer | None:
+    """HTTP_ADDR: serve /metrics, /healthz and / while the runner runs (None when it is off)."""
+    address = http_address(config.env)
+    if address is None:
+        return None
+    metrics.require("HTTP_ADDR")
+    from pgbkp import webserver
+
+    server = webserver.start(address, web_app(runner))
+    log.info("serving %s/metrics, /healthz and / (HTTP_ADDR)", server.url)
+    return server
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     log_file = add_log_file(config)
     runner = make_runner(config)
+    server = start_web(config, runner)
     runner.handle_signals()
     when = (f"then on CRON_SCHEDULE={runner.schedule.expression!r} in {runner.schedule.timezone.key}"
             if runner.schedule else "once (CRON_ENABLED=false)")
     log.info("pgbkp serve: backing up now, %s; log file: %s", when, log_file or "none")
-    return runner.serve()
+    try:
+        return runner.serve()
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def cmd_health(config: Config | None, args: argparse.Namespace) -> int:

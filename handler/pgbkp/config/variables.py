@@ -199,6 +199,41 @@ def _emf(value: str, name: str) -> str:
     return choice
 
 
+#: Where ``HTTP_ADDR=true`` listens: this machine only, on the port the Prometheus exporter registry lists for us.
+DEFAULT_HTTP_ADDR = ("127.0.0.1", 9187)
+
+
+def _http_addr(value: str, name: str) -> tuple[str, int] | None:
+    """``true``: 127.0.0.1:9187; ``false``: off; ``host:port`` (``[::1]:port`` for IPv6): there."""
+    low = value.lower()
+    if low in ("true", "1", "yes", "on"):
+        return DEFAULT_HTTP_ADDR
+    if low in ("false", "0", "no", "off"):
+        return None
+    fix = ("Fix: use true (127.0.0.1:9187), false, or HOST:PORT such as 127.0.0.1:9187 or [::1]:9187 "
+           "(0.0.0.0:9187 listens on every interface).")
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or any(c.isspace() for c in host):
+        raise ConfigError(f"{name}: {show(value)} is not HOST:PORT. {fix}")
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{name}: the port in {show(value)} is not a number from 0 to 65535. {fix}")
+    return host, int(port)
+
+
+def _textfile(value: str, name: str) -> Path:
+    """node_exporter's textfile collector reads ``*.prom`` files only, from a folder that must exist."""
+    path = Path(value)
+    if path.suffix != ".prom":
+        raise ConfigError(f"{name}: {show(value)} does not end in .prom, and node_exporter's textfile collector "
+                          "reads only *.prom files. Fix: e.g. /var/lib/node_exporter/textfile/pgbkp.prom.")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{name}: the folder of {show(value)} does not exist. Fix: create it, or point "
+                          f"{name} at the textfile collector's folder (node_exporter --collector.textfile.directory).")
+    return path
+
+
 def _retention(unit: str) -> Number:
     return Number(0, MAX_RETENTION[unit])
 
@@ -216,7 +251,8 @@ GROUPS = {
     "archive": "The archive",
     "retention": "Retention",
     "logs": "Time zone and logs",
-    "runner": "The local runner (`pgbkp serve`; `pgbkp backup` reads `LOG_FILE` and `HEALTHCHECK_URL` too)",
+    "runner": "The local runner (`pgbkp serve`; `pgbkp backup` reads `LOG_FILE`, `HEALTHCHECK_URL` and "
+              "`METRICS_TEXTFILE` too)",
     "lambda": "The Lambda function and its Fargate task",
 }
 
@@ -331,6 +367,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HEALTHCHECK_URL", "runner",
              "a healthchecks.io-style URL pinged at `/start`, on success and at `/fail`, with the run's summary",
              "an `http(s)` URL", "none", read_by="cli, runner"),
+    Variable("HTTP_ADDR", "runner",
+             "where `pgbkp serve` serves `/metrics` (Prometheus), `/healthz` and `/` (a status page) "
+             "([local-runner.md](local-runner.md#metrics-and-the-status-page))",
+             "`true` (`127.0.0.1:9187`), `false`, or `HOST:PORT` (`[::1]:PORT` for IPv6; port `0`: any free "
+             "port, logged)", "off", _http_addr, read_by="runner"),
+    Variable("METRICS_TEXTFILE", "runner",
+             "a Prometheus text file rewritten atomically after each run of `pgbkp serve` and `pgbkp backup`, "
+             "for node_exporter's textfile collector", "a path ending in `.prom`, in an existing folder", "none",
+             _textfile, read_by="cli, runner"),
 
     Variable("PG_URLS_SECRET_ID", "lambda",
              "read `PG_URLS` from Secrets Manager or SSM instead ([deploy.md](deploy.md))",
