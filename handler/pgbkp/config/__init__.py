@@ -58,6 +58,7 @@ from pgbkp.config.values import (
     parse_bool,
     parse_int,
     split_list,
+    unwrap_secret,
 )
 from pgbkp.config.variables import VARIABLES, Variable, setting
 
@@ -102,4 +103,5 @@ __all__ = [
     "split_items",
     "split_list",
     "typo_warnings",
+    "unwrap_secret",
 ]
