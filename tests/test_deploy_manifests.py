@@ -4,6 +4,7 @@ checked by kubernetes-validate in `make lint` (.ci/lint-infra.sh), which also re
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -265,3 +266,45 @@ def test_one_architecture_parameter_sets_the_function_the_task_and_the_layer(tem
     assert template["Parameters"]["Architecture"]["AllowedValues"] == ["x86_64", "arm64"]
     assert resources["BackupFunction"]["Properties"]["Architectures"] == [{"!Ref": "Architecture"}]
     assert resources["PostgresClientLayer"]["Properties"]["CompatibleArchitectures"] == [{"!Ref": "Architecture"}]
+
+
+#: The rule's !If and !Sub, as the stack resolves them with a created cluster and FunctionName pgbkp.
+CLUSTER_ARN = "arn:aws:ecs:us-east-1:123456789012:cluster/pgbkp-backups"
+
+
+def _stopped(*exit_codes: int | None, stop_code: str = "EssentialContainerExited",
+             group: str = "family:pgbkp-backup", cluster: str = CLUSTER_ARN) -> dict[str, Any]:
+    """An "ECS Task State Change" event in the documented shape (the ECS developer guide's example)."""
+    containers = [{"name": "pgbkp", "lastStatus": "STOPPED", **({} if code is None else {"exitCode": code})}
+                  for code in exit_codes]
+    return {"version": "0", "id": "e", "detail-type": "ECS Task State Change", "source": "aws.ecs",
+            "account": "123456789012", "region": "us-east-1", "resources": [],
+            "detail": {"clusterArn": cluster, "group": group, "lastStatus": "STOPPED",
+                       "desiredStatus": "STOPPED", "stopCode": stop_code, "containers": containers}}
+
+
+@pytest.mark.parametrize(("event", "fires"), [
+    (_stopped(1), True),  # a backup failed
+    (_stopped(2), True),  # a configuration error
+    (_stopped(143, stop_code="UserInitiated"), True),  # StopTask: SIGTERM, the upload aborted
+    (_stopped(137), True),  # SIGKILL after the stop timeout, or out of memory
+    (_stopped(None, stop_code="TaskFailedToStart"), True),  # the image could not be pulled, no capacity
+    (_stopped(0), False),  # all good
+    (_stopped(1, group="family:other-backup"), False),  # another task definition in a shared cluster
+    (_stopped(1, cluster="arn:aws:ecs:us-east-1:123456789012:cluster/other"), False),
+], ids=["failed", "config", "sigterm", "sigkill", "never-started", "ok", "other-family", "other-cluster"])
+def test_the_stopped_rule_fires_on_a_non_zero_exit_or_a_task_that_never_started(
+        template: dict[str, Any], event: dict[str, Any], fires: bool) -> None:
+    from moto.events.models import EventPattern  # EventBridge's matching rules, $or and anything-but included
+
+    pattern = json.loads(json.dumps(template["Resources"]["BackupTaskFailedRule"]["Properties"]["EventPattern"]))
+    assert pattern["detail"]["clusterArn"] == [{"!If": ["CreateFargateCluster", {"!GetAtt": "BackupCluster.Arn"},
+                                                        {"!Ref": "FargateClusterArn"}]}]
+    assert pattern["detail"]["group"] == [{"!Sub": "family:${FunctionName}-backup"}]
+    assert template["Resources"]["BackupTaskDefinition"]["Properties"]["Family"] == {"!Sub": "${FunctionName}-backup"}
+    pattern["detail"]["clusterArn"], pattern["detail"]["group"] = [CLUSTER_ARN], ["family:pgbkp-backup"]
+    rule = EventPattern.load(json.dumps(pattern))
+    # EventBridge matches a field inside an array of objects if any element matches; moto's engine does not
+    # descend into arrays, so each container is offered on its own (and an event without one as it is).
+    offered = [{**event, "detail": {**event["detail"], "containers": c}} for c in event["detail"]["containers"]]
+    assert any(rule.matches_event(e) for e in offered or [event]) is fires

@@ -14,10 +14,9 @@ A secret stored as a JSON object may hold the value under the variable's own nam
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 
-from pgbkp.config import ConfigError, setting
+from pgbkp.config import ConfigError, setting, unwrap_secret
 from pgbkp.redact import register
 
 SECRET_VARIABLES = ("PG_URLS", "ZIP_PASSWORD")
@@ -84,15 +83,4 @@ def resolve(env: Mapping[str, str], fetch: Fetcher | None = None) -> dict[str, s
 
 def _unwrap(name: str, value: str) -> str:
     """A JSON object secret (the console's key/value form) holds the value under the variable's name."""
-    if not value.lstrip().startswith("{"):
-        return value
-    try:
-        doc = json.loads(value)
-    except ValueError:
-        return value
-    if isinstance(doc, dict):
-        if isinstance(doc.get(name), str):
-            return str(doc[name])
-        raise ConfigError(f"{name}_SECRET_ID: the secret is a JSON object without a string {name!r} key. "
-                          f"Fix: store the plain value, or {{\"{name}\": \"...\"}}.")
-    return value
+    return unwrap_secret(name, value, what=f"{name}_SECRET_ID")

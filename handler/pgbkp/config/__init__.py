@@ -61,6 +61,7 @@ from pgbkp.config.values import (
     parse_bool,
     parse_int,
     split_list,
+    unwrap_secret,
 )
 from pgbkp.config.variables import VARIABLES, Variable, setting
 
@@ -107,4 +108,5 @@ __all__ = [
     "split_items",
     "split_list",
     "typo_warnings",
+    "unwrap_secret",
 ]

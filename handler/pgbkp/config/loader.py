@@ -9,7 +9,7 @@ from pgbkp.config.connections import connection, name_connections
 from pgbkp.config.model import Config, S3Settings
 from pgbkp.config.pgurls import split_item, split_items
 from pgbkp.config.typos import typo_warnings
-from pgbkp.config.values import ConfigError, archive_tier_warning, show
+from pgbkp.config.values import ConfigError, archive_tier_warning, show, unwrap_secret
 from pgbkp.config.variables import LOADER, VARIABLES, read
 
 TYPE_CHECKING = False  # as in variables.py: no typing import at run time
@@ -27,6 +27,12 @@ def load(env: Mapping[str, str] | None = None, *, log_warnings: bool = True) -> 
     A caller that sets up logging only after load() passes False and calls ``Config.log_warnings()`` then.
     """
     env = dict(os.environ if env is None else env)
+    # ECS (the Fargate task's Secrets) and Kubernetes hand over a secret's whole string, which may be the
+    # JSON key/value form the Lambda function unwraps when it fetches the secret itself: the same here.
+    # PG_URLS never starts with "{"; a password is any text, so only its own key is taken out.
+    for name, strict in (("PG_URLS", True), ("ZIP_PASSWORD", False)):
+        if name in env:
+            env[name] = unwrap_secret(name, env[name], strict=strict)
     warnings = typo_warnings(env)
     # In the table's order, so the first mistake reported is the first in the reference.
     v: dict[str, Any] = {var.name: read(env, var) for var in VARIABLES if var.read_by == LOADER}

@@ -7,6 +7,7 @@ shown: a left-out field moves a key into its place.
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.parse
 
@@ -165,3 +166,25 @@ def check_lock_mode(value: str, what: str) -> str | None:
 
 def split_list(value: str) -> frozenset[str]:
     return frozenset(x.strip() for x in value.split(",") if x.strip())
+
+
+def unwrap_secret(name: str, value: str, *, what: str | None = None, strict: bool = True) -> str:
+    """A secret stored as a JSON object (the Secrets Manager console's key/value form) holds the value under
+    the variable's own name: ``{"PG_URLS": "..."}``. The Lambda function fetches the secret itself, but ECS
+    (the Fargate task's ``Secrets``) and Kubernetes put the whole secret string into the variable, so every
+    edge unwraps the same way. Anything but a JSON object is the value itself. ``strict``: a JSON object
+    without that key is a mistake, named as ``what`` (default: ``name``)."""
+    if not value.lstrip().startswith("{"):
+        return value
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return value
+    if not isinstance(doc, dict):
+        return value
+    if isinstance(doc.get(name), str):
+        return str(doc[name])
+    if strict:
+        raise ConfigError(f"{what or name}: the secret is a JSON object without a string {name!r} key. "
+                          f"Fix: store the plain value, or {{\"{name}\": \"...\"}}.")
+    return value
