@@ -85,6 +85,16 @@ def _conninfo_quote(value: str) -> str:
 
 
 @dataclass(frozen=True)
+class AgeRecipients:
+    """The age public keys a connection's backups are encrypted to, as given: ``(source, text)`` pairs
+    (``AGE_RECIPIENTS``, ``AGE_RECIPIENTS_FILE /path``, ``PG_URLS item 2 (x): field 'age'``). Public keys, no
+    secret. They are parsed with pyrage (pgbkp.archive.agecrypt) at a backup's start, not here: the
+    configuration does not import the archive (docs/age.md)."""
+
+    sources: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class Connection:
     """One PG_URLS item with every global default applied."""
 
@@ -99,6 +109,8 @@ class Connection:
     retention_days: int
     retention_weeks: int
     retention_months: int
+    #: AGE_RECIPIENTS (or the item's ``age=``); None: backups are a plain or AES ZIP (docs/age.md).
+    age: AgeRecipients | None = None
 
     @property
     def base_dir(self) -> str:
