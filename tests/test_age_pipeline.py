@@ -239,3 +239,31 @@ def test_pgbkp_backup_with_a_bad_recipient_exits_2_with_one_line() -> None:
     lines = [ln for ln in out.stderr.splitlines() if "AGE_RECIPIENTS" in ln]
     assert len(lines) == 1 and "recipient 2 (age1qqqqqqqq…)" in lines[0] and "Fix:" in lines[0]
     assert good not in out.stderr and bad not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_lambda_reads_recipients_and_a_verify_identity_from_secrets() -> None:
+    """AGE_RECIPIENTS_SECRET_ID for the backup function; AGE_IDENTITY_SECRET_ID for a verify function only."""
+    from pgbkp import settings_secrets
+    from pgbkp.redact import redact
+
+    ident, recipient = new_key()
+    identity_text = f"# created: for the verify function\n{ident}\n"
+    store = {("secretsmanager", "pgbkp/age-recipients"): f'{{"AGE_RECIPIENTS": "{recipient}"}}',
+             ("ssm", "/pgbkp/age-identity"): identity_text}
+    fetched: list[str] = []
+
+    def fetch(kind: str, secret_id: str, max_age: int) -> str:
+        fetched.append(secret_id)
+        return store[(kind, secret_id)]
+
+    backup_env = settings_secrets.resolve({**ENV, "AGE_RECIPIENTS_SECRET_ID": "pgbkp/age-recipients"}, fetch)
+    cfg = config.load(backup_env)
+    assert len(pipeline.age_recipients(cfg, cfg.connections[0]) or []) == 1 and "AGE_IDENTITY" not in backup_env
+    verify_env = settings_secrets.resolve({**ENV, "AGE_IDENTITY_SECRET_ID": "/pgbkp/age-identity"}, fetch)
+    assert fetched == ["pgbkp/age-recipients", "/pgbkp/age-identity"]
+    [opened] = restore.AgeIdentities(verify_env).get("s3://b/k.zip.age")
+    archive = pyrage.encrypt(b"proof", [pyrage.x25519.Recipient.from_str(recipient)])
+    assert pyrage.decrypt(archive, [opened]) == b"proof"
+    assert str(ident) not in redact(f"leak? {ident}")
+    with pytest.raises(restore.IdentityError, match=r"both AGE_IDENTITY_FILE and AGE_IDENTITY are set\. Fix: keep one"):
+        restore.AgeIdentities({**verify_env, "AGE_IDENTITY_FILE": "/k.txt"}).get("s3://b/k.zip.age")

@@ -597,8 +597,9 @@ class AgeIdentities:
         passphrase = setting(self._env, "AGE_IDENTITY_PASSPHRASE")
         if passphrase:
             Secret(passphrase)  # registered, so that the scrubber catches it anywhere
-        if content:
-            Secret(content)
+        if content:  # each key line too: the scrubber matches whole values
+            for line in (content, *content.splitlines()):
+                Secret(line.strip())
         where = f"restore {url}: the backup is encrypted with age (.zip.age)"
         if path and content:
             raise IdentityError(f"{where}, and both AGE_IDENTITY_FILE and AGE_IDENTITY are set. Fix: keep one.")
