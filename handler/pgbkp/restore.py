@@ -599,7 +599,8 @@ class AgeIdentities:
             Secret(passphrase)  # registered, so that the scrubber catches it anywhere
         if content:  # each key line too: the scrubber matches whole values
             for line in (content, *content.splitlines()):
-                Secret(line.strip())
+                if not line.lstrip().startswith("#"):
+                    Secret(line.strip())
         where = f"restore {url}: the backup is encrypted with age (.zip.age)"
         if path and content:
             raise IdentityError(f"{where}, and both AGE_IDENTITY_FILE and AGE_IDENTITY are set. Fix: keep one.")
