@@ -166,7 +166,7 @@ _CfnLoader.add_multi_constructor("!", _short_form)
 NO_VALUE = {"!Ref": "AWS::NoValue"}
 #: What only the function reads: Lambda's own, the secrets it fetches itself, and where the task is.
 FUNCTION_ONLY = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "PG_URLS_SECRET_ID",
-                 "ZIP_PASSWORD_SECRET_ID", *dispatch.FARGATE_VARIABLES}
+                 "ZIP_PASSWORD_SECRET_ID", "AGE_RECIPIENTS_SECRET_ID", *dispatch.FARGATE_VARIABLES}
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,8 @@ def test_the_task_has_every_setting_of_the_function(template: dict[str, Any]) ->
     assert env | secrets == (function_env - FUNCTION_ONLY) | {"LOG_FORMAT", "LOG_FILE", "PGBKP_EMF"}
     # The function's metrics, printed by the task as EMF on stdout (awslogs): the failure alarm counts them.
     assert {"Name": "PGBKP_EMF", "Value": "stdout"} in container["Environment"]
-    assert secrets == {"PG_URLS", "ZIP_PASSWORD"}  # from Secrets Manager or SSM through ECS, when given as ARNs
+    # from Secrets Manager or SSM through ECS, when given as ARNs
+    assert secrets == {"PG_URLS", "ZIP_PASSWORD", "AGE_RECIPIENTS"}
     assert sorted(n for n in env | secrets if n not in {v.name for v in config.VARIABLES}) == []
 
 

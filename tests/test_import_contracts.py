@@ -51,6 +51,7 @@ CASES = [
     ("output.py", "from pgbkp import redact", "retention, keys, integrity, output and emf import nothing from pgbkp"),
     ("restore_cli.py", "from pgbkp.cli import main", "layers: edges > handler_core"),
     ("archive/writer.py", "import pyzipper", "pyzipper only in archive/aes.py"),
+    ("restore.py", "import pyrage", "pyrage only in archive/agecrypt.py"),
     ("pipeline.py", "import subprocess", "subprocess only in postgres.py"),
     ("restore.py", "import boto3", "boto3 only in storage/"),
     ("schedule.py", "import botocore.config", "boto3 only in storage/"),

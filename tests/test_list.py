@@ -66,7 +66,8 @@ def test_list_paginates_filters_and_sorts(s3_server: S3Server, seeded: dict[str,
     assert [r["taken"] for r in rows] == sorted((r["taken"] for r in rows), reverse=True)
     newest = by_db["app"][0]
     assert newest == {
-        "connection": PREFIX, "database": "app", "kind": "database", "taken": "2024-11-01T23:00", "size": 3,
+        "connection": PREFIX, "database": "app", "kind": "database", "format": "zip", "taken": "2024-11-01T23:00",
+        "size": 3,
         "bucket": MAIN,
         "key": "root/dir/lp/app/lp-app-23h-00m-01d-11mes-2024y.zip",
         "url": f"s3://{MAIN}/root/dir/lp/app/lp-app-23h-00m-01d-11mes-2024y.zip",
@@ -80,7 +81,7 @@ def test_list_paginates_filters_and_sorts(s3_server: S3Server, seeded: dict[str,
     text = cli(env, "list", "-c", PREFIX, "-d", "elsewhere")
     assert text.returncode == 0
     assert text.stdout.splitlines()[0].split() == ["connection", "database", "taken", "(America/Sao_Paulo)",
-                                                   "size", "object"]
+                                                   "size", "format", "object"]
     assert "2025-06-01 03:00" in text.stdout and "1 backup(s), 3 B" in text.stdout
 
 

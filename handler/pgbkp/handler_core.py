@@ -260,6 +260,8 @@ def handle(event: object, context: Any = None, *, edge: Edge, config: Config | N
     # Every setting a run reads is checked here, before any work: a mistake is a ConfigError (exit 2).
     limits = TimeLimits.from_env(config.env)
     pipeline.lock_wait_timeout(config)
+    if request.action != "verify":  # age recipients (pyrage) and ZIP_PASSWORD; verify needs an identity instead
+        pipeline.check_encryption(config)
     if request.fan_out:
         if edge.invoker is not None and request.databases is None and not request.dry_run:
             return _dispatch(config, edge.invoker)

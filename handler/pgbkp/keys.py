@@ -2,6 +2,9 @@
 
     {GLOBAL_PREFIX}/{base_dir}/{db}/{prefix-}{db}-{HH}h-{MM}m-{DD}d-{MM}mes-{YYYY}y.zip
 
+and with age public-key encryption (issue 15, docs/age.md) the same name plus ``.age``: the ZIP encrypted as
+one age file. Both are one series of backups for retention and listing.
+
 A connection's roles and other globals (``pg_dumpall --globals-only``, BACKUP_GLOBALS) have their own
 folder, ``{GLOBAL_PREFIX}/{base_dir}/%globals/``, and file name, ``{prefix-}globals-{HH}h-…y.zip``. No
 database can have that folder: :func:`encode_name` writes every ``%`` of a name as ``%25``, so it never
@@ -20,7 +23,9 @@ import re
 from datetime import datetime
 
 #: ASCII digits only: ``\d`` would also accept other scripts' digits, which we never write.
-_STAMP = r"(?P<H>[0-9]{2})h-(?P<M>[0-9]{2})m-(?P<d>[0-9]{2})d-(?P<m>[0-9]{2})mes-(?P<Y>[0-9]{4})y\.zip"
+_STAMP = r"(?P<H>[0-9]{2})h-(?P<M>[0-9]{2})m-(?P<d>[0-9]{2})d-(?P<m>[0-9]{2})mes-(?P<Y>[0-9]{4})y\.zip(?:\.age)?"
+#: The suffix of an age-encrypted backup, after ``.zip`` (docs/age.md).
+AGE_SUFFIX = ".age"
 _ESCAPED = re.compile(r"%(25|2[Ff]|2[Ee])")
 _UNESCAPE = {"25": "%", "2F": "/", "2f": "/", "2E": ".", "2e": "."}
 
@@ -45,10 +50,13 @@ GLOBALS_SEGMENT = "%globals"
 GLOBALS_FILE = "globals"
 
 
-def filename(database: str, when: datetime, prefix: str | None = None) -> str:
-    """``(prefix-)?{db}-{HH}h-{MM}m-{DD}d-{MM}mes-{YYYY}y.zip`` with ``when`` in local time."""
+def filename(database: str, when: datetime, prefix: str | None = None, suffix: str = "") -> str:
+    """``(prefix-)?{db}-{HH}h-{MM}m-{DD}d-{MM}mes-{YYYY}y.zip{suffix}`` with ``when`` in local time; ``suffix``
+    is ``""`` or :data:`AGE_SUFFIX`."""
+    if suffix not in ("", AGE_SUFFIX):
+        raise ValueError(f"file name suffix {suffix!r}: only {AGE_SUFFIX!r} or none")
     lead = f"{prefix}-" if prefix else ""
-    return f"{lead}{encode_name(database)}-{when:%H}h-{when:%M}m-{when:%d}d-{when:%m}mes-{when:%Y}y.zip"
+    return f"{lead}{encode_name(database)}-{when:%H}h-{when:%M}m-{when:%d}d-{when:%m}mes-{when:%Y}y.zip{suffix}"
 
 
 def folder(global_prefix: str, base_dir: str, database: str) -> str:
@@ -62,8 +70,8 @@ def globals_folder(global_prefix: str, base_dir: str) -> str:
     return folder(global_prefix, base_dir, "") + GLOBALS_SEGMENT + "/"
 
 
-def globals_key(global_prefix: str, base_dir: str, when: datetime, prefix: str | None) -> str:
-    return globals_folder(global_prefix, base_dir) + filename(GLOBALS_FILE, when, prefix)
+def globals_key(global_prefix: str, base_dir: str, when: datetime, prefix: str | None, suffix: str = "") -> str:
+    return globals_folder(global_prefix, base_dir) + filename(GLOBALS_FILE, when, prefix, suffix)
 
 
 def is_globals_key(key: str, global_prefix: str, base_dir: str) -> bool:
@@ -72,13 +80,20 @@ def is_globals_key(key: str, global_prefix: str, base_dir: str) -> bool:
     return key.startswith(root) and "/" not in key[len(root):]
 
 
-def object_key(global_prefix: str, base_dir: str, database: str, when: datetime, prefix: str | None) -> str:
-    return folder(global_prefix, base_dir, database) + filename(database, when, prefix)
+def object_key(global_prefix: str, base_dir: str, database: str, when: datetime, prefix: str | None,
+               suffix: str = "") -> str:
+    return folder(global_prefix, base_dir, database) + filename(database, when, prefix, suffix)
+
+
+def is_age(key: str) -> bool:
+    """Whether the object is an age file (``….zip.age``) rather than a bare ZIP."""
+    return key.endswith(".zip" + AGE_SUFFIX)
 
 
 def member_name(key: str) -> str:
-    """The SQL file inside the ZIP: the object's file name with ``.sql`` instead of ``.zip``."""
-    return key.rsplit("/", 1)[-1].removesuffix(".zip") + ".sql"
+    """The SQL file inside the ZIP: the object's file name with ``.sql`` instead of ``.zip`` (or ``.zip.age``),
+    so a ``.zip`` and a ``.zip.age`` backup hold the same member."""
+    return key.rsplit("/", 1)[-1].removesuffix(AGE_SUFFIX).removesuffix(".zip") + ".sql"
 
 
 def parse_filename(name: str, database: str, prefix: str | None) -> datetime | None:

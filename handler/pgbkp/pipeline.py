@@ -16,15 +16,17 @@ import shlex
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 from pgbkp import __version__, integrity, keys, postgres, retention
-from pgbkp.archive import ZipStreamWriter
-from pgbkp.config import Config, Connection, S3Settings, select, setting
+from pgbkp.archive import SupportsWrite, ZipStreamWriter
+from pgbkp.archive.agecrypt import AgeKeyError, AgeWriter, Recipient, parse_recipients
+from pgbkp.config import AgeRecipients, Config, ConfigError, Connection, S3Settings, select, setting
 from pgbkp.output import OK_STATUSES
 from pgbkp.redact import redact
 from pgbkp.storage import ObjectExistsError, ObjectInfo, Storage, StorageError
@@ -298,7 +300,8 @@ def plan(
         for info in chosen:
             ctx = {"connection": conn.name, "database": info.name}
             bucket = conn.bucket_for(info.name)
-            key = keys.object_key(config.global_prefix, conn.base_dir, info.name, now, conn.prefix)
+            key = keys.object_key(config.global_prefix, conn.base_dir, info.name, now, conn.prefix,
+                                  keys.AGE_SUFFIX if conn.age else "")
             error = None
             if bucket is None:
                 error = (f"{item}: no bucket for database {info.name!r}. Fix: add it to db_buckets=, set "
@@ -325,7 +328,7 @@ def plan(
 def _plan_globals(config: Config, conn: Connection, now: datetime, server: postgres.ServerInfo, out: Plan) -> None:
     """The connection's globals job (BACKUP_GLOBALS or globals=), after its databases: roles must exist
     before a database that names them is restored, and a full-server restore reads the list in order."""
-    key = keys.globals_key(config.global_prefix, conn.base_dir, now, conn.prefix)
+    key = keys.globals_key(config.global_prefix, conn.base_dir, now, conn.prefix, keys.AGE_SUFFIX if conn.age else "")
     bucket = conn.bucket_for(keys.GLOBALS)
     if bucket is None:
         error = (f"PG_URLS item {conn.index + 1} ({conn.name}): no bucket for the globals backup. Fix: set bucket= "
@@ -408,9 +411,11 @@ def lock_wait_timeout(config: Config) -> int:
 
 def object_metadata(job: Job, pg_dump_version: str) -> dict[str, str]:
     """What we know before the dump starts. The SHA-256 and the dump's size are only known at its end:
-    they are in the archive's own integrity record (pgbkp.integrity), which this metadata announces."""
+    they are in the archive's own integrity record (pgbkp.integrity), which this metadata announces
+    (inside the ZIP: with age, restore checks it after decrypting)."""
     ascii_only = lambda s: s.encode("ascii", "replace").decode()  # noqa: E731 - S3 metadata is ASCII
     return {
+        **({"encryption": "age"} if keys.is_age(job.key) else {}),
         "database": urllib.parse.quote(job.database, safe=""),
         "server-version": ascii_only(job.server_version),
         "pg-dump-version": ascii_only(pg_dump_version),
@@ -418,6 +423,49 @@ def object_metadata(job: Job, pg_dump_version: str) -> dict[str, str]:
         "created": job.when.strftime("%Y-%m-%dT%H:%M"),
         integrity.METADATA_KEY: integrity.METADATA_VALUE,
     }
+
+
+def check_encryption(config: Config) -> None:
+    """At a backup run's start, before any work: every connection's age recipients parse (pyrage), and none
+    has ZIP_PASSWORD too. Raises ConfigError naming the bad recipient by position (docs/age.md)."""
+    for conn in config.connections:
+        age_recipients(config, conn)
+
+
+def age_recipients(config: Config, conn: Connection) -> list[Recipient] | None:
+    """The connection's age recipients, parsed; None without age. Raises ConfigError."""
+    if conn.age is None:
+        return None
+    if config.zip_password:
+        where = "AGE_RECIPIENTS" if conn.age.sources[0][0].startswith("AGE_") else "its field 'age'"
+        raise ConfigError(
+            f"ZIP_PASSWORD and AGE_RECIPIENTS are both set for PG_URLS item {conn.index + 1} ({conn.name}) "
+            f"(through {where}): a backup is encrypted one way. Fix: unset ZIP_PASSWORD where backups are made "
+            "(age replaces it); keep it only where you restore the .zip backups it made.")
+    return list(_parse_age(conn.age))
+
+
+@lru_cache(maxsize=64)
+def _parse_age(age: AgeRecipients) -> tuple[Recipient, ...]:
+    out: list[Recipient] = []
+    for source, text in age.sources:
+        try:
+            out += parse_recipients(text, source=source)
+        except AgeKeyError as exc:
+            raise ConfigError(str(exc)) from None
+    return tuple(out)
+
+
+@contextmanager
+def _age_layer(upload: SupportsWrite, recipients: list[Recipient] | None, job: Job) -> Iterator[SupportsWrite]:
+    """The upload itself, or an AgeWriter in front of it. On a clean exit the age file is completed (its
+    final chunk written into the upload, before commit); on an exception the writer is only aborted."""
+    if recipients is None:
+        yield upload
+        return
+    with AgeWriter(upload, recipients, name=job.url) as encrypt:
+        yield encrypt
+        encrypt.close()
 
 
 def clean_stale_uploads(config: Config, storage: Storage, job: Job, now: datetime | None = None) -> int:
@@ -468,12 +516,13 @@ def backup_database(
         upload = storage.upload(job.bucket, job.key, metadata=object_metadata(job, pg_dump_version),
                                 on_progress=lambda n: observer.uploaded(job, n), should_stop=should_stop,
                                 retain_until=retain_until(config, job))
+        recipients = age_recipients(config, job.connection)
         password = config.zip_password.reveal().encode() if config.zip_password else None
         opened = (source.dump_globals(job.connection, stop=should_stop) if job.kind == "globals" else
                   source.dump(job.connection, job.database, stop=should_stop,
                               lock_wait_timeout=lock_wait_timeout(config), extra_args=job.dump_args))
-        with opened as dump:
-            writer = ZipStreamWriter(upload, keys.member_name(job.key), password=password,
+        with opened as dump, _age_layer(upload, recipients, job) as sink:
+            writer = ZipStreamWriter(sink, keys.member_name(job.key), password=password,
                                      level=config.compression_level, threads=config.compression_threads,
                                      mtime=job.when)
             with writer:

@@ -28,8 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from pgbkp import integrity, keys, postgres, roles
-from pgbkp.archive import ArchiveError, CorruptArchiveError, MemberReader, WrongPasswordError
-from pgbkp.config import Config, ConfigError, Connection, PgTarget, parse_url
+from pgbkp.archive import ArchiveError, CorruptArchiveError, MemberReader, SupportsRead, WrongPasswordError
+from pgbkp.archive.agecrypt import (
+    AgeKeyError,
+    AgeNoIdentityError,
+    AgeReader,
+    Identity,
+    parse_identities,
+    read_identity_file,
+)
+from pgbkp.config import Config, ConfigError, Connection, PgTarget, parse_url, setting
 from pgbkp.redact import Secret, redact
 from pgbkp.storage import Download, Storage, StorageError
 
@@ -74,6 +82,10 @@ class RolesExistError(TargetError):
     """A globals restore met roles the target already has (and no --skip-existing)."""
 
 
+class IdentityError(RestoreError):
+    """A ``.zip.age`` backup, and no usable age identity (AGE_IDENTITY_FILE) to open it."""
+
+
 class PsqlTooOldError(RestoreError):
     """The psql in use has no ``\\restrict``, so nothing could stop it running a command hidden in a backup."""
 
@@ -113,11 +125,17 @@ class BackupRef:
     def url(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
+    @property
+    def format(self) -> str:
+        """``zip``, or ``zip.age`` for a ZIP encrypted with age (docs/age.md): what opens it."""
+        return "zip.age" if keys.is_age(self.key) else "zip"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "connection": self.connection,
             "database": self.database,
             "kind": self.kind,
+            "format": self.format,
             "taken": self.taken.isoformat(timespec="minutes") if self.taken else None,
             "size": self.size,
             "bucket": self.bucket,
@@ -599,19 +617,63 @@ def _check_psql(backup: BackupRef, bindir: Path | None) -> None:
             "15.14+, 14.19+, 13.22+).")
 
 
+class AgeIdentities:
+    """The age identity of ``restore``/``verify``, read once when a ``.zip.age`` backup first needs it.
+
+    From AGE_IDENTITY_FILE (or AGE_IDENTITY, which AGE_IDENTITY_SECRET_ID fills in Lambda), opened with
+    AGE_IDENTITY_PASSPHRASE when ``age -p`` protects it (an scrypt each time: so verify reads it once).
+    Messages name the file and a line, never its content or the passphrase (pgbkp.archive.agecrypt)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self._loaded: list[Identity] | None = None
+
+    def get(self, url: str) -> list[Identity]:
+        if self._loaded is None:
+            self._loaded = self._load(url)
+        return self._loaded
+
+    def _load(self, url: str) -> list[Identity]:
+        path = setting(self._env, "AGE_IDENTITY_FILE")
+        content = setting(self._env, "AGE_IDENTITY")
+        passphrase = setting(self._env, "AGE_IDENTITY_PASSPHRASE")
+        if passphrase:
+            Secret(passphrase)  # registered, so that the scrubber catches it anywhere
+        if content:  # each key line too: the scrubber matches whole values
+            for line in (content, *content.splitlines()):
+                if not line.lstrip().startswith("#"):
+                    Secret(line.strip())
+        where = f"restore {url}: the backup is encrypted with age (.zip.age)"
+        if path and content:
+            raise IdentityError(f"{where}, and both AGE_IDENTITY_FILE and AGE_IDENTITY are set. Fix: keep one.")
+        if not path and not content:
+            raise IdentityError(f"{where}, and AGE_IDENTITY_FILE is not set; nothing was read or sent. Fix: set "
+                                "AGE_IDENTITY_FILE to the identity of one of its recipients (the age-keygen key "
+                                "file, or the SSH private key), kept where you restore, never where backups are made.")
+        try:
+            if content:
+                return parse_identities(content.encode(), source="AGE_IDENTITY", passphrase=passphrase or None)
+            return read_identity_file(path, passphrase=passphrase or None)
+        except AgeKeyError as exc:
+            raise IdentityError(f"{where}: {exc}; nothing was read or sent.") from None
+
+
 def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, storage: Storage,
                    create: bool = False, force: bool = False,
                    on_progress: Callable[[int], None] | None = None,
-                   on_start: Callable[[int], None] | None = None) -> RestoreResult:
+                   on_start: Callable[[int], None] | None = None,
+                   identities: AgeIdentities | None = None) -> RestoreResult:
     """Stream one backup into ``target.database`` in one transaction; commit only if it is intact.
 
-    ``on_start(object_size)`` is called once the object is open; ``on_progress(n)`` for each read.
+    ``on_start(object_size)`` is called once the object is open; ``on_progress(n)`` for each read. A
+    ``.zip.age`` backup is decrypted on the way with ``identities`` (default: read from the environment).
     """
     bindir = config.pg_bindir
     db = target.database
     shown = target.display
     result = RestoreResult(backup, shown)
     _check_psql(backup, bindir)
+    age = (identities or AgeIdentities(config.env)).get(backup.url) if keys.is_age(backup.key) else None
     check_target(target, create=create, force=force, bindir=bindir)
     password = config.zip_password.reveal().encode() if config.zip_password else None
     started = time.monotonic()
@@ -623,7 +685,12 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, stora
     created = False
     try:
         hashing = _HashingReader(download, on_progress)
-        reader = MemberReader(hashing, password, chunk_size=READ_CHUNK)
+        plain: SupportsRead = hashing
+        if age is not None:
+            # The header (recipient, MAC) is checked here: a wrong identity fails before anything is sent.
+            plain = AgeReader(hashing, age, name=backup.url, read_size=READ_CHUNK)
+            password = None  # the suffix decides: the ZIP inside age has no password (docs/age.md)
+        reader = MemberReader(plain, password, chunk_size=READ_CHUNK)
         chunks = iter(reader)
         first = next(chunks, b"")
         if create:
@@ -642,7 +709,10 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, stora
                 pass
             raise
         hashing.drain()
-        result.checks.append("AES authentication code" if hashing.encrypted else "ZIP CRC-32")
+        if age is not None:  # the reader asked age for the end: every chunk and the final one are proven
+            result.checks += ["age authentication (every 64 KiB chunk)", "ZIP CRC-32"]
+        else:
+            result.checks.append("AES authentication code" if hashing.encrypted else "ZIP CRC-32")
         _check_object(backup, download, hashing, reader, result)
         session.commit()
         result.sql_bytes = session.bytes_written
@@ -708,6 +778,9 @@ def _explain(exc: Exception, backup: BackupRef, target: str, sent: DumpFilter) -
             f"restore {backup.url}: the backup contains a psql meta-command ({where}); refused, {untouched}. "
             f"Fix: do not restore this backup; find out who could write to s3://{backup.bucket}/, and restore an "
             "older one you trust (pgbkp list; --at or --key).", exc.line, line)
+    if isinstance(exc, AgeNoIdentityError):
+        return IdentityError(f"restore {backup.url}: {exc}; {untouched}. Fix: set AGE_IDENTITY_FILE to the identity "
+                             "of one of the recipients the backup was made for.")
     if isinstance(exc, WrongPasswordError):
         return RestoreError(f"restore {backup.url}: {exc}; {untouched}. Fix: set ZIP_PASSWORD to the password "
                             "the backup was made with.")
@@ -772,6 +845,7 @@ def verify(config: Config, connection: Connection | str | int, databases: Sequen
     except StorageError as exc:
         msg = redact(str(exc))
         return [VerifyResult(conn.name, d, error=msg) for d in (databases or ["*"])]
+    identities = AgeIdentities(config.env)
     for db in named if databases else sorted(latest):
         found = latest.get(db)
         result = VerifyResult(conn.name, db)
@@ -780,18 +854,19 @@ def verify(config: Config, connection: Connection | str | int, databases: Sequen
             result.error = f"verify {db!r} ({conn.name}): no backup found in {_where(config, conn, db)}"
             log.error("%s", result.error)
             continue
-        _verify_one(config, found, server, storage, result, on_progress, on_start)
+        _verify_one(config, found, server, storage, result, on_progress, on_start, identities)
     if want_globals and newest_globals is not None:
         result = VerifyResult(conn.name, keys.GLOBALS, kind="globals")
         results.append(result)
         _verify_globals(config, newest_globals, server if scratch_url else None, storage, result, on_progress,
-                        on_start)
+                        on_start, identities)
     return results
 
 
 def _verify_globals(config: Config, ref: BackupRef, server: PgTarget | None, storage: Storage,
                     result: VerifyResult, on_progress: Callable[[VerifyResult, int], None] | None,
-                    on_start: Callable[[VerifyResult, int], None] | None) -> None:
+                    on_start: Callable[[VerifyResult, int], None] | None,
+                    identities: AgeIdentities | None = None) -> None:
     """On a scratch server (--scratch-url): run the whole dump there in a transaction that is rolled back,
     leaving the roles it has alone (a scratch cluster has its own). Else read and check the object only:
     roles are server-wide, and the connection's own server is no scratch to try them on."""
@@ -803,7 +878,8 @@ def _verify_globals(config: Config, ref: BackupRef, server: PgTarget | None, sto
     try:
         done = restore_globals(config, ref, server, storage=storage, skip_existing=True, rollback=True,
                                on_progress=(lambda n: on_progress(result, n)) if on_progress else None,
-                               on_start=(lambda n: on_start(result, n)) if on_start else None)
+                               on_start=(lambda n: on_start(result, n)) if on_start else None,
+                               identities=identities)
     except Exception as exc:
         result.error = _verify_error(exc, ref)
         log.error("verify failed: %s", result.error)
@@ -823,7 +899,7 @@ def _verify_error(exc: Exception, ref: BackupRef) -> str:
 
 def _verify_one(config: Config, ref: BackupRef, server: PgTarget, storage: Storage,
                 result: VerifyResult, on_progress: Callable[[VerifyResult, int], None] | None,
-                on_start: Callable[[VerifyResult, int], None] | None) -> None:
+                on_start: Callable[[VerifyResult, int], None] | None, identities: AgeIdentities | None = None) -> None:
     started = time.monotonic()
     scratch = replace(server, database=scratch_name(ref.database))
     result.bucket, result.key = ref.bucket, ref.key
@@ -836,7 +912,7 @@ def _verify_one(config: Config, ref: BackupRef, server: PgTarget, storage: Stora
         restored = restore_backup(
             config, ref, scratch, create=True, storage=storage,
             on_progress=(lambda n: on_progress(result, n)) if on_progress else None,
-            on_start=(lambda n: on_start(result, n)) if on_start else None)
+            on_start=(lambda n: on_start(result, n)) if on_start else None, identities=identities)
     except Exception as exc:
         result.error = _verify_error(exc, ref)
     else:
@@ -879,7 +955,8 @@ _GLOBALS_END = b"-- PostgreSQL database cluster dump complete"
 def restore_globals(config: Config, backup: BackupRef, target: PgTarget | None, *, storage: Storage,
                     skip_existing: bool = False, rollback: bool = False,
                     on_progress: Callable[[int], None] | None = None,
-                    on_start: Callable[[int], None] | None = None) -> RestoreResult:
+                    on_start: Callable[[int], None] | None = None,
+                    identities: AgeIdentities | None = None) -> RestoreResult:
     """Run a globals backup (roles, memberships, role settings, tablespaces) on ``target``'s server, in
     one transaction committed only once the object proved intact, as :func:`restore_backup` does.
 
@@ -898,6 +975,7 @@ def restore_globals(config: Config, backup: BackupRef, target: PgTarget | None, 
     if target is not None:
         _check_psql(backup, bindir)
         existing = postgres.role_names(target, bindir=bindir)
+    age = (identities or AgeIdentities(config.env)).get(backup.url) if keys.is_age(backup.key) else None
     password = config.zip_password.reveal().encode() if config.zip_password else None
     started = time.monotonic()
     download = storage.download(backup.bucket, backup.key)
@@ -908,7 +986,11 @@ def restore_globals(config: Config, backup: BackupRef, target: PgTarget | None, 
     kept = roles.RoleFilter(existing, target.user if target else "", skip_existing=skip_existing)
     try:
         hashing = _HashingReader(download, on_progress)
-        reader = MemberReader(hashing, password, chunk_size=READ_CHUNK)
+        plain: SupportsRead = hashing
+        if age is not None:  # as restore_backup: the header is checked before anything is sent
+            plain = AgeReader(hashing, age, name=backup.url, read_size=READ_CHUNK)
+            password = None
+        reader = MemberReader(plain, password, chunk_size=READ_CHUNK)
         chunks = iter(reader)
         first = next(chunks, b"")
         version = 180000
@@ -928,7 +1010,10 @@ def restore_globals(config: Config, backup: BackupRef, target: PgTarget | None, 
                 pass
             raise
         hashing.drain()
-        result.checks.append("AES authentication code" if hashing.encrypted else "ZIP CRC-32")
+        if age is not None:
+            result.checks += ["age authentication (every 64 KiB chunk)", "ZIP CRC-32"]
+        else:
+            result.checks.append("AES authentication code" if hashing.encrypted else "ZIP CRC-32")
         _check_object(backup, download, hashing, reader, result)
         if _GLOBALS_END not in tail:
             raise IntegrityError(f"restore {backup.url}: the dump does not end as pg_dumpall ends one: it was cut "

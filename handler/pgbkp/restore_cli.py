@@ -79,9 +79,9 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     if not found:
         print("no backups found", file=sys.stderr)
         return EXIT_OK
-    rows = [[b.connection, b.database, f"{b.taken:%Y-%m-%d %H:%M}" if b.taken else "?", size(b.size), b.url]
-            for b in found]
-    print(table(rows, ["connection", "database", f"taken ({config.timezone.key})", "size", "object"]))
+    rows = [[b.connection, b.database, f"{b.taken:%Y-%m-%d %H:%M}" if b.taken else "?", size(b.size), b.format,
+             b.url] for b in found]
+    print(table(rows, ["connection", "database", f"taken ({config.timezone.key})", "size", "format", "object"]))
     print(f"{len(found)} backup(s), {size(sum(b.size for b in found))}")
     return EXIT_OK
 

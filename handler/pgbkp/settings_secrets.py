@@ -1,4 +1,4 @@
-"""PG_URLS and ZIP_PASSWORD from AWS Secrets Manager or SSM Parameter Store, for the Lambda edge.
+"""PG_URLS, ZIP_PASSWORD and the age settings from AWS Secrets Manager or SSM Parameter Store, for the Lambda edge.
 
 ``PG_URLS_SECRET_ID`` / ``ZIP_PASSWORD_SECRET_ID`` name where the value lives, so that it need not sit in
 the function's plain environment (visible to anyone who can read its configuration):
@@ -10,6 +10,10 @@ A secret stored as a JSON object may hold the value under the variable's own nam
 (``{"PG_URLS": "..."}``). Values are fetched through Powertools parameters and cached for
 ``SECRETS_MAX_AGE_SECONDS`` (300), so warm invocations do not call AWS again. Plain ``PG_URLS`` and
 ``ZIP_PASSWORD`` still work; setting both forms of one is a configuration error.
+
+``AGE_RECIPIENTS_SECRET_ID`` reads the age recipients (public keys: a secret only so that one place holds the
+list). ``AGE_IDENTITY_SECRET_ID`` reads an identity into ``AGE_IDENTITY``, for a *verify* function only: the
+backup function must never be given it, nor the permission to read it (docs/age.md, "Lambda").
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pgbkp.config import ConfigError, setting, unwrap_secret
 from pgbkp.redact import register
 
-SECRET_VARIABLES = ("PG_URLS", "ZIP_PASSWORD")
+SECRET_VARIABLES = ("PG_URLS", "ZIP_PASSWORD", "AGE_RECIPIENTS", "AGE_IDENTITY")
 DEFAULT_MAX_AGE = 300
 
 #: (store, id, max_age) -> value. ``store`` is "secretsmanager" or "ssm".

@@ -53,6 +53,7 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 import boto3  # noqa: E402
 import botocore.config  # noqa: E402
 import datagen  # noqa: E402
+import pyrage  # noqa: E402
 import pyzipper  # noqa: E402
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 
@@ -280,6 +281,8 @@ class Bench:
         self.args = args
         self.work = work
         self.password = None if args.no_password else PASSWORD
+        # age (issue 15): a fresh recipient; the bench never decrypts, so the identity is dropped at once
+        self.age_recipient = str(pyrage.x25519.Identity.generate().to_public())
         self.level = args.level
         self.pg_dump = str(pg.bindir / "pg_dump")
         self.client = boto3.client(
@@ -358,7 +361,8 @@ class Bench:
         run.box_busy, run.foreign, run.bench_cpu = box.busy, box.foreign, box.ours
         return self.record(run)
 
-    def ours_env(self, threads: int | None, tmpdir: Path) -> dict[str, str]:
+    def ours_env(self, threads: int | None, tmpdir: Path, encryption: str | None = None) -> dict[str, str]:
+        """``encryption``: ``aes`` (ZIP_PASSWORD), ``plain`` or ``age`` (AGE_RECIPIENTS); None: per --no-password."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "S3_", "AWS_", "ZIP_"))}
         env.pop("COMPRESSION_THREADS", None)
         env.update(self.s3.env())
@@ -368,21 +372,24 @@ class Bench:
                    LOG_FILE="off",
                    # .pyc caching is the interpreter's, not the backup's: keep it out of the disk count
                    PYTHONDONTWRITEBYTECODE="1")
-        if self.password:
-            env["ZIP_PASSWORD"] = self.password
+        encryption = encryption or ("aes" if self.password else "plain")
+        if encryption == "aes":
+            env["ZIP_PASSWORD"] = self.password or PASSWORD
+        elif encryption == "age":
+            env["AGE_RECIPIENTS"] = self.age_recipient
         if threads is not None:
             env["COMPRESSION_THREADS"] = str(threads)
         return env
 
     def ours(self, database: str, threads: int | None = None, *, label: str = "ours",
-             profile_to: Path | None = None) -> tuple[Run, ProcessWatch]:
+             profile_to: Path | None = None, encryption: str | None = None) -> tuple[Run, ProcessWatch]:
         tmpdir = Path(tempfile.mkdtemp(prefix="ours-tmp-", dir=self.work))
         cmd = [str(PGBKP), "backup", "--database", database, "--json"]
         on_start = functools.partial(_start_py_spy, profile_to) if profile_to is not None else None
         self.settle()
         with BoxCpu() as box:
-            code, stdout, stderr, rusage, watch, seconds = run_watched(cmd, self.ours_env(threads, tmpdir),
-                                                                       on_start=on_start)
+            code, stdout, stderr, rusage, watch, seconds = run_watched(
+                cmd, self.ours_env(threads, tmpdir, encryption), on_start=on_start)
         if code != 0:
             raise RuntimeError(f"pgbkp backup {database} exited {code}: {stderr.strip()[-2000:]}")
         summary = json.loads(stdout[stdout.index("{"):])
@@ -629,6 +636,23 @@ def summarize(bench: Bench, args: argparse.Namespace, prof: Profile | None, info
         "0 bytes written to local disk": all(r.disk_write_bytes == 0 and r.tmpdir_bytes == 0
                                              for r in bench.runs if r.approach.startswith("ours")),
     }
+    # issue 15: the same backup as a plain ZIP, an AES-ZIP and a ZIP in age, side by side
+    encryption_table = []
+    for approach, name in (("ours-plain", "plain ZIP"), ("ours-aes", "AES-ZIP (ZIP_PASSWORD)"),
+                           ("ours-age", "ZIP in age (AGE_RECIPIENTS)")):
+        runs = by[approach, big]
+        if runs:
+            encryption_table.append({
+                "approach": approach, "name": name, "runs": len(runs), "seconds": round(med(approach), 2),
+                "mb_s": round(raw_mb / med(approach), 1),
+                "cpu_s_per_mb": round(median([r.cpu_seconds for r in runs]) / raw_mb, 4),
+                "peak_rss_mib": round(max(r.peak_rss_kb for r in runs) / 1024, 1),
+                "object_bytes": runs[0].object_bytes})
+    if by["ours-age", big] and by["ours-aes", big]:
+        ratios["age_over_aes"] = round(med("ours-age") / med("ours-aes"), 3)
+        ratios["age_over_aes_cpu"] = round(median([r.cpu_seconds for r in by["ours-age", big]])
+                                           / median([r.cpu_seconds for r in by["ours-aes", big]]), 3)
+        targets["age at most 10% slower than AES-ZIP (issue 15)"] = ratios["age_over_aes"] <= 1.10
     gzip_runs = by["gzip-pipe", big]
     projection = lambda_projection(threads_table, med("pg_dump"), raw_mb, args.default_threads)
     return {
@@ -636,7 +660,7 @@ def summarize(bench: Bench, args: argparse.Namespace, prof: Profile | None, info
         "dump_bytes": bench.raw, "gzip6_ratio": round(bench.raw[big] / gzip_runs[0].object_bytes, 2)
         if gzip_runs else None,
         "ours_ratio": round(bench.raw[big] / ours_runs[0].object_bytes, 2),
-        "table": table, "threads_table": threads_table, "ratios": ratios,
+        "table": table, "threads_table": threads_table, "encryption_table": encryption_table, "ratios": ratios,
         "peak_rss_mib": {small: round(rss_small, 1), big: round(rss_big, 1)},
         "disk_write_bytes": max(r.disk_write_bytes for r in bench.runs if r.approach.startswith("ours")),
         "tmpdir_bytes": max(r.tmpdir_bytes for r in bench.runs if r.approach.startswith("ours")),
@@ -694,6 +718,12 @@ def print_report(s: dict[str, Any]) -> None:
         log(f"| {r['threads']} | {r['runs']} | {r['seconds']} | {r['mb_s']} | {r['vs_pg_dump']} | "
             f"{r['cpu_s_per_mb']} | {r['main_cpu_s_per_mb']} | {r['peak_rss_mib']} | {r['box_busy']:.0%} | "
             f"{r['foreign']} | {r['head_s']} | {r['tail_s']} |")
+    if s.get("encryption_table"):
+        log("\n| encryption | runs | wall s | MB/s | CPU s per MB (pgbkp) | peak RSS MiB | object bytes |")
+        log("|---|---:|---:|---:|---:|---:|---:|")
+        for r in s["encryption_table"]:
+            log(f"| {r['name']} | {r['runs']} | {r['seconds']} | {r['mb_s']} | {r['cpu_s_per_mb']} | "
+                f"{r['peak_rss_mib']} | {r['object_bytes']} |")
     log("\nratios: " + ", ".join(f"{k} = {v}" for k, v in s["ratios"].items()))
     log(f"peak RSS (MiB): {s['peak_rss_mib']}; disk bytes written by ours: {s['disk_write_bytes']}; "
         f"left in TMPDIR: {s['tmpdir_bytes']}")
@@ -726,6 +756,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--level", type=int, default=6, help="compression level for ours, naive and gzip")
     parser.add_argument("--no-password", action="store_true", help="plain ZIP (default: AES-256 for ours and naive)")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy run")
+    parser.add_argument("--no-age", action="store_true",
+                        help="skip the encryption comparison (plain ZIP, AES-ZIP, age; the default threads)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 40 MB + 15 MB dumps, one run each")
     parser.add_argument("--quiet-wait", type=float, default=10,
                         help="before each run, wait up to this many seconds for other processes to go quiet")
@@ -818,6 +850,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.ours(big)
             bench.naive(big)
             bench.gzip_pipe(big)
+            if not args.no_age:
+                for encryption in ("plain", "aes", "age"):
+                    bench.ours(big, label=f"ours-{encryption}", encryption=encryption)
         log(f"\nours by COMPRESSION_THREADS on {big}")
         for _ in range(args.repeat):
             for t in args.thread_counts:

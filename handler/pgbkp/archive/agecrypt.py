@@ -443,7 +443,7 @@ _SPLIT = re.compile(r"\s*,\s*(?=age1|ssh-|ecdsa-|sk-)", re.IGNORECASE)
 def _split_recipients(text: str) -> list[str]:
     items: list[str] = []
     for line in text.splitlines():
-        line = line.strip()
+        line = line.strip(" \t,")  # a comma may end a line too: "age1…,\nage1…"
         if line and not line.startswith("#"):
             items += [item.strip() for item in _SPLIT.split(line) if item.strip()]
     return items

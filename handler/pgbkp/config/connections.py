@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from pgbkp.config.dumpargs import parse_dump_args
-from pgbkp.config.model import Connection, S3Settings
+from pgbkp.config.model import AgeRecipients, Connection, S3Settings
 from pgbkp.config.pgurls import Item, parse_db_buckets, parse_url
 from pgbkp.config.selection import EXCLUDE_FLAGS, exclude_args, parse_db_patterns, split_patterns
 from pgbkp.config.values import (
@@ -37,9 +37,11 @@ from pgbkp.redact import Secret
 
 def connection(item: Item, glob_s3: S3Settings, global_bucket: str | None, global_ignore: frozenset[str],
                retention: Mapping[str, int], lock_mode: str | None, warnings: list[str],
-               global_globals: bool = False, dump_args: tuple[str, ...] = ()) -> Connection:
+               global_globals: bool = False, dump_args: tuple[str, ...] = (),
+               age: AgeRecipients | None = None) -> Connection:
     """The item over the global settings (``dump_args``: PG_DUMP_ARGS); appends what deserves a warning
-    (an archive storage class) to ``warnings``."""
+    (an archive storage class) to ``warnings``. ``age``: the global AGE_RECIPIENTS, which the item's ``age=``
+    replaces."""
     f = item.fields
     where = item.label or f"PG_URLS item {item.number}"
     pg = parse_url(item.url, where)
@@ -116,7 +118,23 @@ def connection(item: Item, glob_s3: S3Settings, global_bucket: str | None, globa
         databases=split_patterns(f["databases"], f"{where}: field 'databases'") if "databases" in f else (),
         dump_args=dump_args,
         db_dump_args=db_dump_args,
+        age=_age(f["age"], where) if "age" in f else age,
     )
+
+
+#: ``age=off`` (or these) in an item: no age for this connection, whatever AGE_RECIPIENTS says.
+AGE_OFF = ("off", "none", "false", "no")
+
+
+def _age(value: str, where: str) -> AgeRecipients | None:
+    """The item's ``age=``: its own recipients (comma-separated; checked with pyrage at a backup's start),
+    or ``off``."""
+    if value.lower() in AGE_OFF:
+        return None
+    if not value:
+        raise ConfigError(f"{where}: field 'age' is empty. Fix: give age1… or ssh-ed25519 public keys "
+                          "(comma-separated), or age=off for no age on this connection.")
+    return AgeRecipients(((f"{where}: field 'age'", value),))
 
 
 def _storage_settings(s3: S3Settings, f: Mapping[str, str], where: str, lock_mode: str | None,

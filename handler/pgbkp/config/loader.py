@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 
 from pgbkp.config.connections import connection, name_connections
-from pgbkp.config.model import Config, S3Settings
+from pgbkp.config.model import AgeRecipients, Config, S3Settings
 from pgbkp.config.pgurls import split_item, split_items
 from pgbkp.config.typos import typo_warnings
 from pgbkp.config.values import ConfigError, archive_tier_warning, show, unwrap_secret
@@ -72,9 +72,12 @@ def load(env: Mapping[str, str] | None = None, *, log_warnings: bool = True) -> 
         raise ConfigError("PG_URLS: not set. Fix: PG_URLS=postgres://user:pass@host:5432/postgres "
                           "(several connections separated by commas).")
     items = [split_item(text, n) for n, text in enumerate(split_items(raw), start=1)]
+    age_sources = ((("AGE_RECIPIENTS", v["AGE_RECIPIENTS"]),) if v["AGE_RECIPIENTS"] else ()) + (
+        (v["AGE_RECIPIENTS_FILE"],) if v["AGE_RECIPIENTS_FILE"] else ())
+    age = AgeRecipients(age_sources) if age_sources else None
     connections = name_connections([
         connection(item, glob_s3, v["S3_BUCKET"], ignore, retention, v["S3_OBJECT_LOCK_MODE"], warnings,
-                   v["BACKUP_GLOBALS"], v["PG_DUMP_ARGS"] or ())
+                   v["BACKUP_GLOBALS"], v["PG_DUMP_ARGS"] or (), age)
         for item in items
     ])
 

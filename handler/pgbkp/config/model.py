@@ -85,6 +85,16 @@ def _conninfo_quote(value: str) -> str:
 
 
 @dataclass(frozen=True)
+class AgeRecipients:
+    """The age public keys a connection's backups are encrypted to, as given: ``(source, text)`` pairs
+    (``AGE_RECIPIENTS``, ``AGE_RECIPIENTS_FILE /path``, ``PG_URLS item 2 (x): field 'age'``). Public keys, no
+    secret. They are parsed with pyrage (pgbkp.archive.agecrypt) at a backup's start, not here: the
+    configuration does not import the archive (docs/age.md)."""
+
+    sources: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class Connection:
     """One PG_URLS item with every global default applied."""
 
@@ -109,6 +119,8 @@ class Connection:
     dump_args: tuple[str, ...] = ()
     #: More pg_dump flags for some databases (the db_exclude_* fields), by database name.
     db_dump_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: AGE_RECIPIENTS (or the item's ``age=``); None: backups are a plain or AES ZIP (docs/age.md).
+    age: AgeRecipients | None = None
 
     @property
     def base_dir(self) -> str:

@@ -234,6 +234,21 @@ def _textfile(value: str, name: str) -> Path:
     return path
 
 
+def _recipients_file(value: str, name: str) -> tuple[str, str]:
+    """(where, text): the file is read now, so that a missing one fails at start-up; its content is public
+    keys, checked with pyrage when a backup starts (pgbkp.pipeline.age_recipients)."""
+    try:
+        with open(value, encoding="utf-8") as f:
+            text = f.read(1 << 20)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {show(value, 200)} ({exc.strerror or type(exc).__name__}). "
+                          "Fix: point it at a readable file of age recipients, one per line.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: {show(value, 200)} is not UTF-8 text. Fix: give a file of age recipients "
+                          "(age1… or ssh-ed25519/ssh-rsa public keys), one per line.") from None
+    return f"{name} {value}", text
+
+
 def _retention(unit: str) -> Number:
     return Number(0, MAX_RETENTION[unit])
 
@@ -330,6 +345,21 @@ VARIABLES: tuple[Variable, ...] = (
              str(DEFAULT_COMPRESSION_LEVEL)),
     Variable("COMPRESSION_THREADS", "archive", "deflate threads", "1–64", "the CPUs this process may use",
              Number(1, 64)),
+    Variable("AGE_RECIPIENTS", "archive",
+             "encrypt each backup to these age public keys: the object is the ZIP as one age file, "
+             "`….zip.age` ([age.md](age.md)); the machine making backups then holds no key that reads them",
+             "`age1…` or `ssh-ed25519 …`/`ssh-rsa …` public keys, comma- or newline-separated, `#` comments; "
+             "each is checked at start-up. Not with `ZIP_PASSWORD` (an error for backups)", "unset: no age"),
+    Variable("AGE_RECIPIENTS_FILE", "archive", "more recipients, from a file (added to `AGE_RECIPIENTS`)",
+             "a path to a recipients file as `age -R` reads it: one per line, `#` comments", "none",
+             _recipients_file),
+    Variable("AGE_IDENTITY_FILE", "archive",
+             "`restore` and `verify`: the identity that opens `.zip.age` backups (never needed where backups "
+             "are made)", "a path to an `age-keygen` key file, an unencrypted `ssh-ed25519`/`ssh-rsa` private "
+             "key, or either encrypted with `age -p`", "none", read_by="restore"),
+    Variable("AGE_IDENTITY_PASSPHRASE", "archive",
+             "the passphrase of an `AGE_IDENTITY_FILE` encrypted with `age -p` (from the environment, never argv)",
+             "any text, kept exactly", "none", read_by="restore", exact=True),
 
     Variable("RETENTION_DAYS", "retention",
              "keep today and the N−1 calendar days before ([retention.md](retention.md))", "0–36500; `0` is off",
@@ -383,6 +413,15 @@ VARIABLES: tuple[Variable, ...] = (
              read_by="settings_secrets"),
     Variable("ZIP_PASSWORD_SECRET_ID", "lambda", "read `ZIP_PASSWORD` from Secrets Manager or SSM instead",
              "as `PG_URLS_SECRET_ID`", "none", read_by="settings_secrets"),
+    Variable("AGE_RECIPIENTS_SECRET_ID", "lambda", "read `AGE_RECIPIENTS` from Secrets Manager or SSM instead",
+             "as `PG_URLS_SECRET_ID`", "none", read_by="settings_secrets"),
+    Variable("AGE_IDENTITY_SECRET_ID", "lambda",
+             "`verify` in Lambda only: read the identity (the content of an `AGE_IDENTITY_FILE`) from a separate "
+             "secret; never give it to the backup function ([age.md](age.md#lambda))",
+             "as `PG_URLS_SECRET_ID`", "none", read_by="settings_secrets"),
+    Variable("AGE_IDENTITY", "lambda",
+             "the identity's content instead of a file: what `AGE_IDENTITY_SECRET_ID` fills in, in Lambda",
+             "as the content of `AGE_IDENTITY_FILE`; not with it", "none", read_by="restore", exact=True),
     Variable("SECRETS_MAX_AGE_SECONDS", "lambda", "how long a fetched secret is cached", "0 or more", "`300`",
              Number(0), "300", read_by="settings_secrets"),
     Variable("TIME_SAFETY_MARGIN_SECONDS", "lambda",
