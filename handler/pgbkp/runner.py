@@ -387,20 +387,3 @@ def cmd_health(config: Config | None, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     say(f"{'healthy' if ok else 'unhealthy'}: {why}")
     return EXIT_OK if ok else EXIT_FAILED
-
-
-def register(subparsers: Any) -> None:
-    s = subparsers.add_parser(
-        "serve", help="back up now, then on CRON_SCHEDULE (the docker-compose entry point)",
-        description="Back up every connection now, then on CRON_SCHEDULE in TIMEZONE (default '0 3 * * *'), "
-        "until SIGTERM/SIGINT/SIGHUP. CRON_ENABLED=false backs up once and exits with its code. Logs also go to "
-        "LOG_FILE (default /var/log/pg-backup.log when writable); the status file HEALTH_FILE feeds "
-        "`pgbkp health`; HEALTHCHECK_URL receives start/success/fail pings.")
-    s.set_defaults(func=cmd_serve)
-    h = subparsers.add_parser(
-        "health", help="exit 0 if the runner is healthy, 1 if not (a Docker HEALTHCHECK)",
-        description="Read the status file pgbkp serve writes. Unhealthy (exit 1) when the last run failed or "
-        "no run succeeded within two schedule periods.")
-    h.add_argument("--file", metavar="PATH", help="status file (default: HEALTH_FILE, else "
-                   f"{health.default_file()})")
-    h.set_defaults(func=cmd_health, needs_config=False)
