@@ -128,7 +128,9 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
                                    dry_run=args.dry_run)
     stop = _StopFlag()
     stores = StorageCache(lambda settings: S3Storage(settings, should_stop=stop.is_set))
-    edge = handler_core.Edge(storage_for=stores, observers=[progress.make_observer()], should_stop=stop.is_set)
+    observer = progress.make_observer()
+    edge = handler_core.Edge(storage_for=stores, observers=[observer], should_stop=stop.is_set,
+                             sizes=isinstance(observer, progress.BarObserver))  # a bar's total: the size
     with stop.installed():
         pinger.start("pgbkp backup started")
         try:

@@ -166,6 +166,9 @@ class Edge:
     scope: Callable[[Mapping[str, str]], AbstractContextManager[Any]] = field(default=lambda keys: nullcontext())
     #: The caller's own stop request (the runner's shutdown): no new database starts, a dump in flight aborts.
     should_stop: Callable[[], bool] = field(default=lambda: False)
+    #: The observers show each database's size on disk (a progress bar's total): list the sizes. They cost
+    #: a pg_database_size() per database, so only an edge that shows them, a dry run and Lambda's clock ask.
+    sizes: bool = False
 
 
 @dataclass(frozen=True)
@@ -317,8 +320,9 @@ def _backup_connection(config: Config, conn: Connection, request: Request, conte
     """Plan and run one connection; returns its results, the jobs the time budget did not start, and the
     databases skipped."""
     budget = _Budget(context, limits) if context is not None else None
+    timed = callable(getattr(context, "get_remaining_time_in_millis", None))  # the budget estimates from sizes
     the_plan = edge.wrap(pipeline.plan)(config, connections=[conn.index], databases=request.databases,
-                                        source=edge.source)
+                                        source=edge.source, sizes=edge.sizes or request.dry_run or timed)
     run = edge.wrap(pipeline.run)(
         config, the_plan,
         storage_for=edge.storage_for,
