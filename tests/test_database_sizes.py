@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pgbkp import cli, config, handler_core, postgres, progress
+from pgbkp import cli, config, handler_core, postgres, progress, runner
 from pgbkp.storage.memory import MemoryStorage
 from tests.fakes import FakeDatabase, FakeDumpSource, FakeLambdaContext
 from tests.servers import PgCluster
@@ -124,3 +124,19 @@ def test_pgbkp_backup_asks_for_sizes_only_for_a_bar_on_a_terminal(
     monkeypatch.setenv("LOG_FILE", "")
     assert cli.main(["backup"]) == 0
     assert seen == [sizes]
+
+
+@pytest.mark.parametrize(("terminal", "sizes"), [(True, True), (False, False)])
+def test_pgbkp_serve_asks_for_sizes_only_for_a_bar_on_a_terminal(
+        terminal: bool, sizes: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    for name, value in {**ENV, "HEALTH_FILE": str(tmp_path / "health.json"), "CRON_ENABLED": "false"}.items():
+        monkeypatch.setenv(name, value)
+    source = FakeDumpSource({"main": [FakeDatabase("app", b"-- app\n", size=7_000_000)]})
+    store = MemoryStorage([BUCKET])
+    the_runner = runner.make_runner(config.load(), observer=progress.make_observer(_Terminal() if terminal
+                                                                                   else io.StringIO()))
+    backup = the_runner._backup  # what make_runner chose; the store and the dumps are the test's
+    the_runner._backup = lambda stop, observer: backup(stop, observer, storage_for=lambda c: store, source=source)
+    outcome = the_runner.run_once()
+    assert outcome.ok, outcome.summary
+    assert source.listed_sizes == [sizes]

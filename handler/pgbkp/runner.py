@@ -71,14 +71,16 @@ BackupFn = Callable[[Callable[[], bool], Observer], Outcome]
 
 def backup_with_handler(should_stop: Callable[[], bool], observer: Observer, *,
                         storage_for: Callable[[Connection], Storage] | None = None,
-                        source: pipeline.DumpSource | None = None) -> Outcome:
+                        source: pipeline.DumpSource | None = None, sizes: bool = False) -> Outcome:
     """One run through the Lambda handler's core with the fan-out event ``{}``: outside Lambda it backs up
     every connection here, one after another. The configuration is re-read from the environment; each run
     makes its own stores (unless ``storage_for`` is given) around the process's S3 clients, one per
-    distinct S3 settings (:data:`s3_client`); ``source`` replaces pg_dump (tests)."""
+    distinct S3 settings (:data:`s3_client`); ``source`` replaces pg_dump (tests). ``sizes``: list each
+    database's size on disk, for a progress bar's total (costly: only when a bar shows it)."""
     stores = storage_for or pipeline.StorageCache(
         lambda settings: S3Storage(settings, should_stop=should_stop, client=s3_client(settings)))
-    edge = handler_core.Edge(storage_for=stores, source=source, observers=[observer], should_stop=should_stop)
+    edge = handler_core.Edge(storage_for=stores, source=source, observers=[observer], should_stop=should_stop,
+                             sizes=sizes)
     try:
         summary = handler_core.handle({}, None, edge=edge)
         code = EXIT_OK
@@ -343,11 +345,13 @@ def make_runner(config: Config, backup: BackupFn | None = None, **kwargs: Any) -
     env = config.env
     cron, grace = _settings(env)
     sched = schedule.parse(env.get("CRON_SCHEDULE"), config.timezone) if cron else None
+    observer = kwargs.pop("observer", None) or progress.make_observer()
+    bars = isinstance(observer, progress.BarObserver)  # a bar's total is the size on disk: list the sizes
     return Runner(
-        backup=backup or backup_with_handler,
+        backup=backup or functools.partial(backup_with_handler, sizes=bars),
         schedule=sched,
         timezone=config.timezone.key,
-        observer=kwargs.pop("observer", None) or progress.make_observer(),
+        observer=observer,
         pinger=health.Pinger(env.get("HEALTHCHECK_URL")),
         health_file=_health_file(env, check=True),
         grace=grace,
