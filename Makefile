@@ -9,9 +9,11 @@ PIP := $(PY) -m pip --disable-pip-version-check --quiet
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+BENCH_MANY_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev system-deps test test-slow lint layer build invoke deploy demo bench clean
+.PHONY: help install dev system-deps test test-slow lint layer build invoke deploy demo bench bench-many clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -73,8 +75,12 @@ deploy: build ## sam deploy --guided (needs Docker and AWS credentials)
 demo: system-deps dev ## throwaway PostgreSQL + S3 server: back up, list, restore, show the result
 	$(PY) -m tests.demo
 
-bench: system-deps dev ## benchmark against pg_dump > /dev/null and the naive dump->zip->upload (BENCH_ARGS=...)
+bench: system-deps dev ## benchmark against pg_dump > /dev/null and the naive dump->zip->upload (BENCH_ARGS=...), then bench-many
 	$(PY) tests/bench/bench_backup.py $(BENCH_ARGS)
+	$(PY) tests/bench/bench_many.py $(BENCH_MANY_ARGS)
+
+bench-many: system-deps dev ## 200 small databases: pgbkp against the usual loops, requests per database (BENCH_MANY_ARGS=...)
+	$(PY) tests/bench/bench_many.py $(BENCH_MANY_ARGS)
 
 clean: ## remove the venvs, caches and built layer
 	rm -rf $(VENV) $(VENV)-lint .pytest_cache .ruff_cache .mypy_cache .hypothesis .aws-sam build dist

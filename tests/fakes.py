@@ -94,8 +94,9 @@ class FakeDumpSource:
     """pipeline.DumpSource without a server: ``servers`` maps a connection's name to its databases.
 
     ``events`` records, in order, each listing, dump opened, chunk read and dump closed, so a test can
-    check the order of a run; ``on_read(where, reads)`` is called after each chunk ("main/app", 1, 2...),
-    the hook a test uses to act mid-dump (raise a stop flag, move Lambda's clock)."""
+    check the order of a run, and ``listed_sizes`` whether each listing asked for sizes on disk (a size is
+    given only then, as psql does); ``on_read(where, reads)`` is called after each chunk ("main/app", 1,
+    2...), the hook a test uses to act mid-dump (raise a stop flag, move Lambda's clock)."""
 
     servers: dict[str, list[FakeDatabase]] = field(default_factory=dict)
     #: Each connection's globals dump (pg_dumpall --globals-only), by connection name; absent: a tiny one.
@@ -105,15 +106,20 @@ class FakeDumpSource:
     events: list[str] = field(default_factory=list)
     #: The extra pg_dump flags each dump was asked for, by "connection/database".
     dump_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The ``sizes`` argument of each listing, in order: whether the run asked for sizes on disk.
+    listed_sizes: list[bool] = field(default_factory=list)
 
-    def databases(self, connection: Connection) -> tuple[postgres.ServerInfo, list[postgres.DatabaseInfo]]:
+    def databases(self, connection: Connection, *,
+                  sizes: bool = False) -> tuple[postgres.ServerInfo, list[postgres.DatabaseInfo]]:
         self.events.append(f"list {connection.name}")
+        self.listed_sizes.append(sizes)
         if connection.name not in self.servers:
             raise postgres.ConnectError(f"list databases on {connection.pg.display}: cannot reach the server "
                                         "(fake). Fix: check host, port and network access.")
         found = sorted(self.servers[connection.name], key=lambda d: d.name)
         return (postgres.ServerInfo("18.0 (fake)", 180000),
-                [postgres.DatabaseInfo(d.name, d.size if d.can_connect else 0, d.can_connect) for d in found])
+                [postgres.DatabaseInfo(d.name, d.size if d.can_connect and sizes else 0, d.can_connect)
+                 for d in found])
 
     def version(self) -> str:
         return "18.0 (fake)"

@@ -44,7 +44,7 @@ def test_fresh_install_has_no_dev_extra(tree: Path) -> None:
         ".venv/bin/python -m pip --disable-pip-version-check --quiet install -e '.[runner]'"]
 
 
-@pytest.mark.parametrize("target", ["dev", "test", "lint", "demo", "test-slow", "bench"])
+@pytest.mark.parametrize("target", ["dev", "test", "lint", "demo", "test-slow", "bench", "bench-many"])
 def test_dev_targets_install_the_dev_extra(tree: Path, target: str) -> None:
     assert dry_run(tree, target) == [
         ".venv/bin/python -m pip --disable-pip-version-check --quiet install -e '.[dev,runner]'"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -38,11 +39,19 @@ def test_every_subcommand_is_registered_without_a_loading_step() -> None:
 
 
 def test_a_missing_dependency_fails_pgbkp_loudly_instead_of_dropping_a_command() -> None:
-    """Before, `serve` and `health` silently disappeared when the runner could not be imported."""
+    """Before, `serve` and `health` silently disappeared when the runner could not be imported. Now the runner
+    is imported only when its command runs (issue 17): the command stays, its help works, and running it
+    fails in one line that names the missing module, before the configuration is even read."""
     code = ("import sys; sys.modules['cronsim'] = None\n"  # as if cronsim (the runner's schedule) were not installed
             "from pgbkp.cli import main\n"
-            "sys.exit(main(['serve', '--help']))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+            "sys.exit(main(sys.argv[1:]))")
+    env = {k: v for k, v in os.environ.items() if k != "PG_URLS"}  # no configuration: the import fails first
+    helped = subprocess.run([sys.executable, "-c", code, "serve", "--help"], capture_output=True, text=True,
+                            timeout=60, check=False, env=env)
+    assert (helped.returncode, helped.stderr) == (0, "")
+    assert helped.stdout.startswith("usage: pgbkp serve")
+    result = subprocess.run([sys.executable, "-c", code, "serve"], capture_output=True, text=True, timeout=60,
+                            check=False, env=env)
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1] == "ModuleNotFoundError: import of cronsim halted; None in sys.modules"
-    assert "invalid choice" not in result.stderr
+    assert result.stderr == ("pgbkp: error: ModuleNotFoundError: import of cronsim halted; None in sys.modules "
+                             "(LOG_LEVEL=DEBUG shows details)\n")

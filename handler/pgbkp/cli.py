@@ -5,8 +5,10 @@
 Lambda function take too, so all three behave alike and report one result shape. Like them, it chooses
 the store (S3) and passes it down.
 
-The other commands are registered here by name (``restore_cli``: list, restore, verify; ``runner``: serve,
-health): a dependency they miss fails ``pgbkp`` loudly instead of silently dropping a command.
+The other commands are declared by name in :mod:`pgbkp.commands` (``restore_cli``: list, restore, verify;
+``runner``: serve, health) and their module is imported only when the command runs, as are the backup's own
+heavy modules (boto3, the archive, the handler): ``pgbkp --version`` and ``--help`` start in a tenth of the
+time (issue 17). A dependency a command misses fails that command loudly; it never drops the command.
 
 Users never see a traceback: every known failure is one line that says what to fix
 (LOG_LEVEL=DEBUG shows the traceback of an unexpected one).
@@ -23,14 +25,15 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pgbkp import __version__, emf, handler_core, health, history, logs, metrics, progress, restore_cli, runner
+from pgbkp import __version__, commands, logs
 from pgbkp.config import Config, ConfigError, load, setting
 from pgbkp.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_selection, size, summary_text, table
-from pgbkp.pipeline import DatabaseResult, StorageCache
 from pgbkp.redact import redact
-from pgbkp.storage.s3 import S3Storage
+
+if TYPE_CHECKING:
+    from pgbkp.pipeline import DatabaseResult
 
 log = logging.getLogger("pgbkp.cli")
 
@@ -84,6 +87,8 @@ class _StopFlag:
     written by the main thread the next time the pipeline asks whether to stop (it asks every chunk)."""
 
     def __init__(self) -> None:
+        from pgbkp import health
+
         self.alarm = health.Alarm()
         self.signum: int | None = None
         self._said = False
@@ -104,6 +109,8 @@ class _StopFlag:
 
     @contextmanager
     def installed(self) -> Iterator[_StopFlag]:
+        from pgbkp import runner
+
         previous = {sig: signal.signal(sig, self._on_signal) for sig in runner.STOP_SIGNALS}  # as serve's
         try:
             yield self
@@ -126,6 +133,8 @@ def emf_report(service: str, out: Any = None) -> Callable[[DatabaseResult], None
     """``Edge.report`` for the Fargate task: each database's EMF document on stdout (the awslogs driver
     sends it to CloudWatch, which extracts the metrics), as the Lambda function emits them."""
 
+    from pgbkp import emf
+
     def report(result: DatabaseResult) -> None:
         line = emf.document(connection=result.connection, database=result.database, service=service,
                             ok=result.status == "ok", object_bytes=result.object_bytes, seconds=result.seconds,
@@ -137,6 +146,10 @@ def emf_report(service: str, out: Any = None) -> Callable[[DatabaseResult], None
 
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     """Back up through the handler (as ``serve`` and Lambda do), with the runner's pings and log file."""
+    from pgbkp import handler_core, health, history, metrics, progress, runner  # only now: see the docstring
+    from pgbkp.pipeline import StorageCache
+    from pgbkp.storage.s3 import S3Storage
+
     runner.add_log_file(config)
     textfile = metrics.textfile_path(config.env)  # checked before any work, even for a dry run
     pinger = health.Pinger(config.env.get("HEALTHCHECK_URL"))  # checked even for a dry run...
@@ -147,7 +160,9 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
                                    dry_run=args.dry_run)
     stop = _StopFlag()
     stores = StorageCache(lambda settings: S3Storage(settings, should_stop=stop.is_set))
-    edge = handler_core.Edge(storage_for=stores, observers=[progress.make_observer()], should_stop=stop.is_set)
+    observer = progress.make_observer()
+    edge = handler_core.Edge(storage_for=stores, observers=[observer], should_stop=stop.is_set,
+                             sizes=isinstance(observer, progress.BarObserver))  # a bar's total: the size
     if emf_to_stdout(config.env) and not args.dry_run:
         edge.report = emf_report(config.env.get("POWERTOOLS_SERVICE_NAME") or "pgbkp")
     with stop.installed():
@@ -210,8 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "Lambda function returns")
     b.set_defaults(func=cmd_backup)
 
-    restore_cli.register(sub)  # list, restore, verify
-    runner.register(sub)  # serve, health
+    commands.register(sub)  # list, restore, verify, serve, health: each module imported when it runs
     return parser
 
 
@@ -220,11 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
     try:
+        func = args.func.load() if isinstance(args.func, commands.Command) else args.func
         config = load(log_warnings=False) if getattr(args, "needs_config", True) else None
         logs.setup(config.log_level if config else "INFO", console_format(config))
         if config:
             config.log_warnings()  # after the set-up, so they are log lines like any other (JSON, LOG_FILE)
-        code = int(args.func(config, args))
+        code = int(func(config, args))
     except ConfigError as exc:
         print(f"pgbkp: configuration error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

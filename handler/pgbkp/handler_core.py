@@ -170,6 +170,9 @@ class Edge:
     #: Lambda with the template's Fargate resources: start an ECS Fargate task that backs up this job's
     #: database and return the task's ARN (raise if none started). None: Fargate is off.
     fargate: Callable[[Job], str] | None = None
+    #: The observers show each database's size on disk (a progress bar's total): list the sizes. They cost
+    #: a pg_database_size() per database, so only an edge that shows them, a dry run and Lambda's clock ask.
+    sizes: bool = False
 
 
 @dataclass(frozen=True)
@@ -323,8 +326,9 @@ def _backup_connection(config: Config, conn: Connection, request: Request, conte
     """Plan and run one connection; returns its results, the jobs the time budget did not start, and the
     databases skipped."""
     budget = _Budget(context, limits) if context is not None else None
+    timed = callable(getattr(context, "get_remaining_time_in_millis", None))  # the budget estimates from sizes
     the_plan = edge.wrap(pipeline.plan)(config, connections=[conn.index], databases=request.databases,
-                                        source=edge.source)
+                                        source=edge.source, sizes=edge.sizes or request.dry_run or timed)
     dispatched: list[DatabaseResult] = []
     if budget is not None and not request.dry_run:
         the_plan, dispatched = _send_to_fargate(config, conn, the_plan, edge)

@@ -203,8 +203,10 @@ class DumpSource(Protocol):
     object's metadata), and one database's dump. :class:`PgDumpSource` runs psql and pg_dump; tests pass
     a fake (tests/fakes.py)."""
 
-    def databases(self, connection: Connection) -> tuple[postgres.ServerInfo, list[postgres.DatabaseInfo]]:
-        """Raises postgres.PostgresError when the connection cannot be listed."""
+    def databases(self, connection: Connection, *,
+                  sizes: bool = False) -> tuple[postgres.ServerInfo, list[postgres.DatabaseInfo]]:
+        """Each database's size on disk only with ``sizes`` (else 0: costly to read, rarely used).
+        Raises postgres.PostgresError when the connection cannot be listed."""
         ...
 
     def version(self) -> str: ...
@@ -227,8 +229,9 @@ class PgDumpSource:
 
     bindir: Path | None = None  # PG_BIN_DIR
 
-    def databases(self, connection: Connection) -> tuple[postgres.ServerInfo, list[postgres.DatabaseInfo]]:
-        return postgres.list_databases(connection.pg, bindir=self.bindir)
+    def databases(self, connection: Connection, *,
+                  sizes: bool = False) -> tuple[postgres.ServerInfo, list[postgres.DatabaseInfo]]:
+        return postgres.list_databases(connection.pg, bindir=self.bindir, sizes=sizes)
 
     def version(self) -> str:
         try:
@@ -266,13 +269,15 @@ def plan(
     databases: Sequence[str] | None = None,
     now: datetime | None = None,
     source: DumpSource | None = None,
+    sizes: bool = False,
 ) -> Plan:
     """List each selected connection's databases and decide bucket and key for each.
 
     One database or connection never stops the others: a connection that cannot be listed, a database
     the user may not CONNECT to, or one without a bucket becomes a failed result; an ignored database,
     or a requested one that does not exist (dropped since a hand-off named it), is skipped with a warning.
-    ``source`` lists the databases (default: psql, :class:`PgDumpSource`).
+    ``source`` lists the databases (default: psql, :class:`PgDumpSource`); ``sizes`` also reads each one's
+    size on disk into ``Job.size_estimate``, for whoever uses an estimate (else it is 0).
     """
     source = source or PgDumpSource(config.pg_bindir)
     now = (now or datetime.now(UTC)).astimezone(config.timezone).replace(tzinfo=None, second=0, microsecond=0)
@@ -281,7 +286,7 @@ def plan(
     for conn in selected:
         item = f"PG_URLS item {conn.index + 1} ({conn.name})"
         try:
-            server, found = source.databases(conn)
+            server, found = source.databases(conn, sizes=sizes)
         except postgres.PostgresError as exc:
             msg = f"{item}: field 'url': {exc}"
             log.error(msg, extra={"connection": conn.name})

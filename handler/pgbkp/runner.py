@@ -17,6 +17,7 @@ endpoint never delays a run, and delays the exit by at most ``health.EXIT_PING_W
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import queue
@@ -36,7 +37,7 @@ from pgbkp.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, summary_text
 from pgbkp.pipeline import DatabaseResult, Job, Observer
 from pgbkp.redact import redact
 from pgbkp.storage import Storage
-from pgbkp.storage.s3 import S3Storage
+from pgbkp.storage.s3 import S3Storage, make_client
 
 if TYPE_CHECKING:  # http.server and the page are loaded only when HTTP_ADDR is set
     from pgbkp import webserver
@@ -48,6 +49,10 @@ DEFAULT_GRACE_SECONDS = 30
 MAX_NAP = 60.0
 #: Signals that mean "stop": docker stop, Ctrl-C, and a closed terminal or a reload request.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: One S3 client per distinct settings for the life of ``pgbkp serve``, shared by its runs (each costs
+#: 0.12-0.19 s to make; botocore refreshes the credentials it can, such as roles). Each run builds its
+#: own S3Storage around it, since a storage keeps per-run state.
+s3_client = functools.cache(make_client)
 
 
 @dataclass
@@ -69,13 +74,16 @@ BackupFn = Callable[[Callable[[], bool], Observer], Outcome]
 
 def backup_with_handler(should_stop: Callable[[], bool], observer: Observer, *,
                         storage_for: Callable[[Connection], Storage] | None = None,
-                        source: pipeline.DumpSource | None = None) -> Outcome:
+                        source: pipeline.DumpSource | None = None, sizes: bool = False) -> Outcome:
     """One run through the Lambda handler's core with the fan-out event ``{}``: outside Lambda it backs up
-    every connection here, one after another. The configuration is re-read from the environment, and each
-    run makes its own S3 clients (one per distinct S3 settings) unless ``storage_for`` is given; ``source``
-    replaces pg_dump (tests)."""
-    stores = storage_for or pipeline.StorageCache(lambda settings: S3Storage(settings, should_stop=should_stop))
-    edge = handler_core.Edge(storage_for=stores, source=source, observers=[observer], should_stop=should_stop)
+    every connection here, one after another. The configuration is re-read from the environment; each run
+    makes its own stores (unless ``storage_for`` is given) around the process's S3 clients, one per
+    distinct S3 settings (:data:`s3_client`); ``source`` replaces pg_dump (tests). ``sizes``: list each
+    database's size on disk, for a progress bar's total (costly: only when a bar shows it)."""
+    stores = storage_for or pipeline.StorageCache(
+        lambda settings: S3Storage(settings, should_stop=should_stop, client=s3_client(settings)))
+    edge = handler_core.Edge(storage_for=stores, source=source, observers=[observer], should_stop=should_stop,
+                             sizes=sizes)
     try:
         summary = handler_core.handle({}, None, edge=edge)
         code = EXIT_OK
@@ -354,11 +362,13 @@ def make_runner(config: Config, backup: BackupFn | None = None, **kwargs: Any) -
     env = config.env
     cron, grace = _settings(env)
     sched = schedule.parse(env.get("CRON_SCHEDULE"), config.timezone) if cron else None
+    observer = kwargs.pop("observer", None) or progress.make_observer()
+    bars = isinstance(observer, progress.BarObserver)  # a bar's total is the size on disk: list the sizes
     return Runner(
-        backup=backup or backup_with_handler,
+        backup=backup or functools.partial(backup_with_handler, sizes=bars),
         schedule=sched,
         timezone=config.timezone.key,
-        observer=kwargs.pop("observer", None) or progress.make_observer(),
+        observer=observer,
         pinger=health.Pinger(env.get("HEALTHCHECK_URL")),
         health_file=_health_file(env, check=True),
         grace=grace,
@@ -444,20 +454,3 @@ def cmd_health(config: Config | None, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     say(f"{'healthy' if ok else 'unhealthy'}: {why}")
     return EXIT_OK if ok else EXIT_FAILED
-
-
-def register(subparsers: Any) -> None:
-    s = subparsers.add_parser(
-        "serve", help="back up now, then on CRON_SCHEDULE (the docker-compose entry point)",
-        description="Back up every connection now, then on CRON_SCHEDULE in TIMEZONE (default '0 3 * * *'), "
-        "until SIGTERM/SIGINT/SIGHUP. CRON_ENABLED=false backs up once and exits with its code. Logs also go to "
-        "LOG_FILE (default /var/log/pg-backup.log when writable); the status file HEALTH_FILE feeds "
-        "`pgbkp health`; HEALTHCHECK_URL receives start/success/fail pings.")
-    s.set_defaults(func=cmd_serve)
-    h = subparsers.add_parser(
-        "health", help="exit 0 if the runner is healthy, 1 if not (a Docker HEALTHCHECK)",
-        description="Read the status file pgbkp serve writes. Unhealthy (exit 1) when the last run failed or "
-        "no run succeeded within two schedule periods.")
-    h.add_argument("--file", metavar="PATH", help="status file (default: HEALTH_FILE, else "
-                   f"{health.default_file()})")
-    h.set_defaults(func=cmd_health, needs_config=False)

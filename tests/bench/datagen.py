@@ -238,14 +238,16 @@ def build(
     *,
     sessions: int = 2,
     log: Callable[[str], None] = print,
+    rows: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Load the tables into an existing, empty ``database``; ``run_sql(sql, database)`` runs one script.
 
     The INSERTs are cut into chunks and run on ``sessions`` connections at once (one per core), then
     the primary keys are added and the tables vacuumed (so the dumps that follow set no hint bits).
+    ``rows`` overrides the row counts planned from ``dump_mb`` (tiny databases: plan_rows's floor is ~1 MB).
     Returns the row counts.
     """
-    rows = plan_rows(dump_mb)
+    rows = rows or plan_rows(dump_mb)
     vocab = vocabulary()
     started = time.monotonic()
     run_sql(lists_sql(vocab) + schema_sql(), database)

@@ -1,0 +1,7 @@
+"""``python -m pgbkp``: the same as the ``pgbkp`` command."""
+
+import sys
+
+from pgbkp.cli import main
+
+sys.exit(main())
