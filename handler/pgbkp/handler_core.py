@@ -46,7 +46,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pgbkp import pipeline
+from pgbkp import notify, pipeline
 from pgbkp.config import Config, ConfigError, Connection, load, setting
 from pgbkp.output import OK_STATUSES
 from pgbkp.pipeline import DatabaseResult, DumpSource, Job, MultiObserver, NullObserver, Observer
@@ -256,6 +256,7 @@ def handle(event: object, context: Any = None, *, edge: Edge, config: Config | N
     # Every setting a run reads is checked here, before any work: a mistake is a ConfigError (exit 2).
     limits = TimeLimits.from_env(config.env)
     pipeline.lock_wait_timeout(config)
+    notifier = notify.plan(config) if not request.dry_run else notify.Notifier()
     if request.fan_out:
         if edge.invoker is not None and request.databases is None and not request.dry_run:
             return _dispatch(config, edge.invoker)
@@ -265,7 +266,13 @@ def handle(event: object, context: Any = None, *, edge: Edge, config: Config | N
         by_index = {c.index: c for c in (_connection(config, ref) for ref in refs if ref is not None)}
         connections = list(by_index.values())
     if request.action == "verify":
-        return _verify(config, connections[0], request.databases, edge)
+        try:
+            summary = _verify(config, connections[0], request.databases, edge)
+        except BackupFailedError as exc:
+            notifier.send(exc.summary, time_left=_time_left(context))
+            raise
+        notifier.send(summary, time_left=_time_left(context))
+        return summary
 
     results: list[DatabaseResult] = []
     skipped: list[pipeline.Skipped] = []
@@ -296,11 +303,22 @@ def handle(event: object, context: Any = None, *, edge: Edge, config: Config | N
         "skipped": [s.as_dict() for s in skipped],
         "handed_off": handed_off,
     }
+    notifier.send(summary, time_left=_time_left(context))  # one message per run; never raises
     failed = [r for r in results if r.status not in OK_STATUSES]
     if failed:
         lines = "; ".join(f"{r.connection}/{r.database}: {r.error}" for r in failed)
         raise BackupFailedError(f"{len(failed)} of {len(results)} database backups failed: {lines}", summary)
     return summary
+
+
+#: Seconds of Lambda's remaining time that waiting for notifications leaves, to return the result.
+NOTIFY_RESERVE_SECONDS = 2.0
+
+
+def _time_left(context: Any) -> float | None:
+    """How long notifications may hold the run: None without a Lambda context (NOTIFY_TIMEOUT_SECONDS)."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return None if remaining is None else remaining() / 1000 - NOTIFY_RESERVE_SECONDS
 
 
 def _connection(config: Config, ref: str | int) -> Connection:

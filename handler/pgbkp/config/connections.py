@@ -96,6 +96,7 @@ def connection(item: Item, glob_s3: S3Settings, global_bucket: str | None, globa
         retention_days=days,
         retention_weeks=weeks,
         retention_months=months,
+        notify=Secret(f["notify"]) if "notify" in f else None,
     )
 
 

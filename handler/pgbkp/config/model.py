@@ -99,6 +99,9 @@ class Connection:
     retention_days: int
     retention_weeks: int
     retention_months: int
+    #: The item's ``notify=`` (apprise URLs, or ``off``), which replaces NOTIFY_URLS for this connection;
+    #: None: NOTIFY_URLS. Checked by pgbkp.notify, which alone imports apprise.
+    notify: Secret | None = None
 
     @property
     def base_dir(self) -> str:

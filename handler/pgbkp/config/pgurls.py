@@ -40,6 +40,7 @@ KEY_ALIASES = {
     "sse": "sse",
     "sse_kms_key_id": "sse_kms_key_id",
     "object_lock_mode": "object_lock_mode",
+    "notify": "notify",
 }
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 #: Query parameters that would contradict the URL itself, or put a secret into argv.
