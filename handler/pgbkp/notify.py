@@ -224,6 +224,8 @@ def message(summary: Mapping[str, Any]) -> Message:
         lines.append(f"... and {len(ordered) - MAX_LISTED} more (all in the log and the result)")
     for s in summary.get("skipped", []):
         lines.append(f"{s['connection']}/{s['database']}: skipped ({s['reason']})")
+    if verify and not results:
+        lines += [f"{name}: no backups found to verify" for name in names]
     for h in summary.get("handed_off", []):
         lines.append(f"{h['connection']}: {', '.join(h['databases'])} handed to a new invocation "
                      "(it sends its own message)")
