@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pgbkp import handler_core, health, logs, pipeline, postgres, runner, schedule, settings_secrets
+from pgbkp import handler_core, health, logs, notify, pipeline, postgres, runner, schedule, settings_secrets
 from pgbkp.config import VARIABLES, ConfigError, Variable, load, setting
 from pgbkp.config import docs as config_docs
 from pgbkp.config.variables import BY_NAME, GROUPS, LOADER, Number
@@ -123,6 +123,8 @@ READERS: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "TIME_HARD_MARGIN_SECONDS": lambda env: handler_core.TimeLimits.from_env(env).hard_margin,
     "TIME_ESTIMATE_MB_PER_SECOND": lambda env: handler_core.TimeLimits.from_env(env).mb_per_second,
     "SECRETS_MAX_AGE_SECONDS": _max_age,
+    "NOTIFY_ON": lambda env: notify.plan(load({**BASE, **env})).on,
+    "NOTIFY_TIMEOUT_SECONDS": lambda env: notify.plan(load({**BASE, **env})).timeout,
 }
 
 

@@ -126,8 +126,8 @@ def plan(config: Config) -> Notifier:
     env = config.env
     on = setting(env, "NOTIFY_ON")
     timeout = float(setting(env, "NOTIFY_TIMEOUT_SECONDS"))
-    glob: Secret | None = setting(env, "NOTIFY_URLS")
-    global_targets = targets(glob.reveal(), "NOTIFY_URLS") if glob else ()
+    glob: str | None = setting(env, "NOTIFY_URLS")
+    global_targets = targets(glob, "NOTIFY_URLS") if glob else ()
     routes: dict[str, tuple[Target, ...]] = {}
     for conn in config.connections:
         if conn.notify is None:
@@ -148,6 +148,7 @@ def targets(text: str, where: str) -> tuple[Target, ...]:
     apprise = _apprise()
     from apprise.utils.parse import parse_urls
 
+    register(text)
     found = []
     urls = parse_urls(text)
     for position, url in enumerate(urls, start=1):

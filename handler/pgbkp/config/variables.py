@@ -304,7 +304,7 @@ VARIABLES: tuple[Variable, ...] = (
              "`tgram://`, `mailtos://`, `discord://`, `msteams://`, `ntfy://`, `json://` and `form://` webhooks); "
              "a secret, never logged. A PG_URLS item's `notify=` replaces it for that connection",
              "one or more URLs separated by commas or spaces; each must be one apprise supports", "none",
-             _secret, read_by="notify"),
+             read_by="notify"),
     Variable("NOTIFY_ON", "notify", "which runs send a message",
              "`failure` (some database failed), `always`, `never`", "`failure`", _notify_on, "failure",
              read_by="notify"),
