@@ -165,7 +165,7 @@ _CfnLoader.add_multi_constructor("!", _short_form)
 NO_VALUE = {"!Ref": "AWS::NoValue"}
 #: What only the function reads: Lambda's own, the secrets it fetches itself, and where the task is.
 FUNCTION_ONLY = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "PG_URLS_SECRET_ID",
-                 "ZIP_PASSWORD_SECRET_ID", *dispatch.FARGATE_VARIABLES}
+                 "ZIP_PASSWORD_SECRET_ID", "NOTIFY_URLS_SECRET_ID", *dispatch.FARGATE_VARIABLES}
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,7 @@ def test_the_task_has_every_setting_of_the_function(template: dict[str, Any]) ->
     [container] = template["Resources"]["BackupTaskDefinition"]["Properties"]["ContainerDefinitions"]
     env, secrets = _names(container["Environment"]), _names(container["Secrets"])
     assert env | secrets == (function_env - FUNCTION_ONLY) | {"LOG_FORMAT", "LOG_FILE"}
-    assert secrets == {"PG_URLS", "ZIP_PASSWORD"}  # from Secrets Manager or SSM through ECS, when given as ARNs
+    assert secrets == {"PG_URLS", "ZIP_PASSWORD", "NOTIFY_URLS"}  # from Secrets Manager or SSM through ECS, when given as ARNs
     assert sorted(n for n in env | secrets if n not in {v.name for v in config.VARIABLES}) == []
 
 
