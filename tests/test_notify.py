@@ -172,7 +172,7 @@ def test_a_json_webhook_gets_the_title_and_each_database_as_structured_data(rece
     assert app["object_bytes"] > 0 and app["seconds"] >= 0
     assert doc["text"] == "\n".join([
         f"main/shop: FAILED after {shop['seconds']:.1f} s (14 B dumped, 0 B stored)",
-        f"  object: s3://{BUCKET}/{shop['key']}",
+        f"  object (not written): s3://{BUCKET}/{shop['key']}",
         "  error: pg_dump 'shop': connection lost; the dump is incomplete",
         f"main/app: ok in {app['seconds']:.1f} s (35 B dumped, {app['object_bytes']} B stored)",
         f"  object: s3://{BUCKET}/{app['key']}",
@@ -190,7 +190,7 @@ def test_an_email_has_the_title_as_subject_and_the_databases_in_its_body(smtp: M
     shop = summary["results"][1]
     assert text.splitlines()[:3] == [
         f"main/shop: FAILED after {shop['seconds']:.1f} s (14 B dumped, 0 B stored)",
-        f"  object: s3://{BUCKET}/{shop['key']}",
+        f"  object (not written): s3://{BUCKET}/{shop['key']}",
         "  error: pg_dump 'shop': connection lost; the dump is incomplete",
     ]
 

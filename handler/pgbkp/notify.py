@@ -242,8 +242,9 @@ def _backup_lines(r: Mapping[str, Any]) -> list[str]:
     head = (f"{r['connection']}/{r['database']}: {status} in {seconds:.1f} s ({sizes})" if status == "ok"
             else f"{r['connection']}/{r['database']}: {status.upper()} after {seconds:.1f} s ({sizes})")
     lines = [head]
-    if r.get("key"):
-        lines.append(f"  object: s3://{r.get('bucket')}/{r['key']}")
+    if r.get("key"):  # a failed backup leaves no object behind: its key says where it would have been
+        what = "object" if status == "ok" else "object (not written)"
+        lines.append(f"  {what}: s3://{r.get('bucket')}/{r['key']}")
     if r.get("error"):
         lines.append(f"  error: {r['error']}")
     deleted = (r.get("retention") or {}).get("deleted") or []
