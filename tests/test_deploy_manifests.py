@@ -215,7 +215,8 @@ def test_the_task_has_every_setting_of_the_function(template: dict[str, Any]) ->
     [container] = template["Resources"]["BackupTaskDefinition"]["Properties"]["ContainerDefinitions"]
     env, secrets = _names(container["Environment"]), _names(container["Secrets"])
     assert env | secrets == (function_env - FUNCTION_ONLY) | {"LOG_FORMAT", "LOG_FILE"}
-    assert secrets == {"PG_URLS", "ZIP_PASSWORD", "NOTIFY_URLS"}  # from Secrets Manager or SSM through ECS, when given as ARNs
+    # From Secrets Manager or SSM through ECS, when given as ARNs:
+    assert secrets == {"PG_URLS", "ZIP_PASSWORD", "NOTIFY_URLS"}
     assert sorted(n for n in env | secrets if n not in {v.name for v in config.VARIABLES}) == []
 
 

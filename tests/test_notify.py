@@ -265,6 +265,22 @@ def test_a_hung_receiver_holds_the_run_only_until_the_deadline(receiver: Receive
         "behind (the backups themselves are not affected)"]
 
 
+def test_in_lambda_the_wait_ends_before_the_invocation_does(receiver: Receiver,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """NOTIFY_TIMEOUT_SECONDS is longer than the invocation has left: the wait stops 2 s before its end."""
+    receiver.hold = threading.Event()
+    env = {**ENV, "NOTIFY_URLS": receiver.url(), "NOTIFY_TIMEOUT_SECONDS": "300", "TIME_SAFETY_MARGIN_SECONDS": "0",
+           "TIME_HARD_MARGIN_SECONDS": "1"}
+    store = MemoryStorage([BUCKET])
+    with caplog.at_level(logging.WARNING, logger="pgbkp.notify"), pytest.raises(BackupFailedError):
+        handler_core.handle({"connection": "main"}, FakeLambdaContext(remaining_ms=2500), config=config.load(env),
+                            edge=handler_core.Edge(storage_for=lambda conn: store, source=failing_source()))
+    receiver.hold.set()
+    assert warnings_of(caplog) == [
+        "notification to NOTIFY_URLS URL 1 (json://) did not go out within the time left (0.5 s): left behind "
+        "(the backups themselves are not affected)"]
+
+
 def test_a_refusing_receiver_is_one_warning_and_the_result_is_unchanged() -> None:
     """What the console shows (pgbkp's log at DEBUG, and whatever reaches the root logger): one warning,
     naming neither the password nor the token; apprise's own lines (which name URLs) are not there."""

@@ -98,7 +98,7 @@ class Notifier:
             if not messages:
                 return {}
             wait = self.timeout if time_left is None else max(0.0, min(self.timeout, time_left))
-            return _deliver(messages, wait)
+            return _deliver(messages, wait, "NOTIFY_TIMEOUT_SECONDS" if wait == self.timeout else "the time left")
         except Exception as exc:  # a notification must never fail a backup, not even by a bug here
             log.warning("notifications not sent: %s (the backups themselves are not affected)",
                         type(exc).__name__)
@@ -283,7 +283,7 @@ class _Outcome:
         self.done = threading.Event()
 
 
-def _deliver(messages: Sequence[tuple[Target, Message]], wait: float) -> dict[str, str]:
+def _deliver(messages: Sequence[tuple[Target, Message]], wait: float, limit: str) -> dict[str, str]:
     """Send each message from a daemon thread; wait for all of them ``wait`` seconds at most, together."""
     apprise = _apprise()
     outcomes = [_Outcome(target) for target, _ in messages]
@@ -301,8 +301,8 @@ def _deliver(messages: Sequence[tuple[Target, Message]], wait: float) -> dict[st
             state, reason = outcome.state, outcome.reason
         label = outcome.target.label
         if state == "late":
-            log.warning("notification to %s did not go out within NOTIFY_TIMEOUT_SECONDS (%g s): left behind "
-                        "(the backups themselves are not affected)", label, wait)
+            log.warning("notification to %s did not go out within %s (%g s): left behind (the backups themselves "
+                        "are not affected)", label, limit, wait)
         elif state == "failed":
             log.warning("notification to %s failed: %s (the backups themselves are not affected)", label, reason)
         else:
