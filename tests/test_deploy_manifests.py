@@ -19,7 +19,7 @@ KUBE = ROOT / "deploy" / "kubernetes"
 #: send the last pings (up to 5 s); docker-compose.yml's stop_grace_period keeps the same 20 s.
 CLEANUP_SECONDS = 20
 #: Values that must never sit in the ConfigMap (readable by anyone who may read the namespace's config).
-SECRET_NAMES = {"PG_URLS", "ZIP_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY"}
+SECRET_NAMES = {"PG_URLS", "ZIP_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", "NOTIFY_URLS"}
 
 
 def load(name: str) -> dict[str, Any]:
