@@ -37,13 +37,15 @@ ENV PATH=/opt/bin:/var/lang/bin:/usr/local/bin:/usr/bin:/bin \
 COPY pyproject.toml README.md LICENSE /tmp/pgbkp-src/
 COPY handler/ /tmp/pgbkp-src/handler/
 # The build fails here, not at the first invocation, when a dependency or a client tool is missing:
-# importing the handler loads everything the runtime loads (Powertools, its Tracer, boto3).
+# importing the handler loads everything the runtime loads (Powertools, its Tracer, boto3); apprise is
+# imported only when NOTIFY_URLS is set, so it is checked on its own.
 # tests/test_lambda_runtime.py serves events through awslambdaric from the same `pip install`.
 RUN pip install --no-cache-dir /tmp/pgbkp-src \
     && rm -rf /tmp/pgbkp-src \
     && pg_dump --version \
     && psql --version \
     && python3 -c "import pgbkp.lambda_function" \
+    && python3 -c "import apprise" \
     && pgbkp --help > /dev/null
 
 CMD ["pgbkp.lambda_function.lambda_handler"]

@@ -64,6 +64,7 @@ defaults = {
     "FargateImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/pgbkp:lint",
     "PgUrlsSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:pgbkp/pg-urls-AbCdEf",
     "ZipPasswordSecretArn": "arn:aws:ssm:us-east-1:123456789012:parameter/pgbkp/zip-password",
+    "NotifyUrlsSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:pgbkp/notify-urls-AbCdEf",
     "Architecture": "arm64",
 }
 for name, value in defaults.items():

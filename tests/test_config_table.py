@@ -20,6 +20,7 @@ from pgbkp import (
     health,
     logs,
     metrics,
+    notify,
     pipeline,
     postgres,
     runner,
@@ -152,6 +153,8 @@ READERS: dict[str, Callable[[Mapping[str, str]], Any]] = {
         (cli.emf_to_stdout(env), cli.emf_to_stdout({**env, cli.ECS_MARKER: "http://169.254.170.2/v4/x"}))],
     "HTTP_ADDR": runner.http_address,
     "METRICS_TEXTFILE": metrics.textfile_path,
+    "NOTIFY_ON": lambda env: notify.plan(load({**BASE, **env})).on,
+    "NOTIFY_TIMEOUT_SECONDS": lambda env: notify.plan(load({**BASE, **env})).timeout,
 }
 
 

@@ -20,7 +20,7 @@ KUBE = ROOT / "deploy" / "kubernetes"
 #: send the last pings (up to 5 s); docker-compose.yml's stop_grace_period keeps the same 20 s.
 CLEANUP_SECONDS = 20
 #: Values that must never sit in the ConfigMap (readable by anyone who may read the namespace's config).
-SECRET_NAMES = {"PG_URLS", "ZIP_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY"}
+SECRET_NAMES = {"PG_URLS", "ZIP_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", "NOTIFY_URLS"}
 
 
 def load(name: str) -> dict[str, Any]:
@@ -166,7 +166,8 @@ _CfnLoader.add_multi_constructor("!", _short_form)
 NO_VALUE = {"!Ref": "AWS::NoValue"}
 #: What only the function reads: Lambda's own, the secrets it fetches itself, and where the task is.
 FUNCTION_ONLY = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "PG_URLS_SECRET_ID",
-                 "ZIP_PASSWORD_SECRET_ID", "AGE_RECIPIENTS_SECRET_ID", *dispatch.FARGATE_VARIABLES}
+                 "ZIP_PASSWORD_SECRET_ID", "AGE_RECIPIENTS_SECRET_ID", "NOTIFY_URLS_SECRET_ID",
+                 *dispatch.FARGATE_VARIABLES}
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +220,7 @@ def test_the_task_has_every_setting_of_the_function(template: dict[str, Any]) ->
     # The function's metrics, printed by the task as EMF on stdout (awslogs): the failure alarm counts them.
     assert {"Name": "PGBKP_EMF", "Value": "stdout"} in container["Environment"]
     # from Secrets Manager or SSM through ECS, when given as ARNs
-    assert secrets == {"PG_URLS", "ZIP_PASSWORD", "AGE_RECIPIENTS"}
+    assert secrets == {"PG_URLS", "ZIP_PASSWORD", "AGE_RECIPIENTS", "NOTIFY_URLS"}
     assert sorted(n for n in env | secrets if n not in {v.name for v in config.VARIABLES}) == []
 
 

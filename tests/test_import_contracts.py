@@ -61,6 +61,8 @@ CASES = [
     ("runner.py", "from aws_lambda_powertools import Logger", "Powertools only at the Lambda edge"),
     ("pipeline.py", "from pgbkp import settings_secrets", "the CLI and serve never load the Lambda edge"),
     ("config/values.py", "from pgbkp.config import model", "config: values < model"),
+    ("runner.py", "import apprise", "apprise only in notify.py"),
+    ("notify.py", "from pgbkp import pipeline", "layers: edges > handler_core"),
 ]
 
 

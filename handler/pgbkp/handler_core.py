@@ -47,7 +47,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pgbkp import dispatch, pipeline
+from pgbkp import dispatch, notify, pipeline
 from pgbkp.config import Config, ConfigError, Connection, load, setting
 from pgbkp.output import OK_STATUSES
 from pgbkp.pipeline import DatabaseResult, DumpSource, Job, MultiObserver, NullObserver, Observer
@@ -265,6 +265,7 @@ def handle(event: object, context: Any = None, *, edge: Edge, config: Config | N
     pipeline.lock_wait_timeout(config)
     if request.action != "verify":  # age recipients (pyrage) and ZIP_PASSWORD; verify needs an identity instead
         pipeline.check_encryption(config)
+    notifier = notify.plan(config) if not request.dry_run else notify.Notifier()
     if request.fan_out:
         if edge.invoker is not None and request.databases is None and not request.dry_run:
             return _dispatch(config, edge.invoker)
@@ -274,7 +275,13 @@ def handle(event: object, context: Any = None, *, edge: Edge, config: Config | N
         by_index = {c.index: c for c in (_connection(config, ref) for ref in refs if ref is not None)}
         connections = list(by_index.values())
     if request.action == "verify":
-        return _verify(config, connections[0], request.databases, edge)
+        try:
+            summary = _verify(config, connections[0], request.databases, edge)
+        except BackupFailedError as exc:
+            notifier.send(exc.summary, time_left=_time_left(context))
+            raise
+        notifier.send(summary, time_left=_time_left(context))
+        return summary
 
     results: list[DatabaseResult] = []
     skipped: list[pipeline.Skipped] = []
@@ -305,11 +312,22 @@ def handle(event: object, context: Any = None, *, edge: Edge, config: Config | N
         "skipped": [s.as_dict() for s in skipped],
         "handed_off": handed_off,
     }
+    notifier.send(summary, time_left=_time_left(context))  # one message per run; never raises
     failed = [r for r in results if r.status not in OK_STATUSES]
     if failed:
         lines = "; ".join(f"{r.connection}/{r.database}: {r.error}" for r in failed)
         raise BackupFailedError(f"{len(failed)} of {len(results)} database backups failed: {lines}", summary)
     return summary
+
+
+#: Seconds of Lambda's remaining time that waiting for notifications leaves, to return the result.
+NOTIFY_RESERVE_SECONDS = 2.0
+
+
+def _time_left(context: Any) -> float | None:
+    """How long notifications may hold the run: None without a Lambda context (NOTIFY_TIMEOUT_SECONDS)."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return None if remaining is None else remaining() / 1000 - NOTIFY_RESERVE_SECONDS
 
 
 def _connection(config: Config, ref: str | int) -> Connection:

@@ -1,7 +1,7 @@
-"""PG_URLS, ZIP_PASSWORD and the age settings from AWS Secrets Manager or SSM Parameter Store, for the Lambda edge.
+"""PG_URLS, ZIP_PASSWORD, NOTIFY_URLS and the age settings from Secrets Manager or SSM, for the Lambda edge.
 
-``PG_URLS_SECRET_ID`` / ``ZIP_PASSWORD_SECRET_ID`` name where the value lives, so that it need not sit in
-the function's plain environment (visible to anyone who can read its configuration):
+``PG_URLS_SECRET_ID`` / ``ZIP_PASSWORD_SECRET_ID`` / ``NOTIFY_URLS_SECRET_ID`` name where the value lives,
+so that it need not sit in the function's plain environment (visible to anyone who can read its configuration):
 
 * ``arn:aws:secretsmanager:...`` or a plain name (``pgbkp/pg-urls``): a Secrets Manager secret;
 * ``arn:aws:ssm:...``, ``/path/name`` or ``ssm:name``: an SSM parameter, decrypted (SecureString).
@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pgbkp.config import ConfigError, setting, unwrap_secret
 from pgbkp.redact import register
 
-SECRET_VARIABLES = ("PG_URLS", "ZIP_PASSWORD", "AGE_RECIPIENTS", "AGE_IDENTITY")
+SECRET_VARIABLES = ("PG_URLS", "ZIP_PASSWORD", "AGE_RECIPIENTS", "AGE_IDENTITY", "NOTIFY_URLS")
 DEFAULT_MAX_AGE = 300
 
 #: (store, id, max_age) -> value. ``store`` is "secretsmanager" or "ssm".

@@ -119,6 +119,7 @@ def connection(item: Item, glob_s3: S3Settings, global_bucket: str | None, globa
         dump_args=dump_args,
         db_dump_args=db_dump_args,
         age=_age(f["age"], where) if "age" in f else age,
+        notify=Secret(f["notify"]) if "notify" in f else None,
     )
 
 

@@ -121,6 +121,9 @@ class Connection:
     db_dump_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: AGE_RECIPIENTS (or the item's ``age=``); None: backups are a plain or AES ZIP (docs/age.md).
     age: AgeRecipients | None = None
+    #: The item's ``notify=`` (apprise URLs, or ``off``), which replaces NOTIFY_URLS for this connection;
+    #: None: NOTIFY_URLS. Checked by pgbkp.notify, which alone imports apprise.
+    notify: Secret | None = None
 
     @property
     def base_dir(self) -> str:

@@ -52,6 +52,7 @@ KEY_ALIASES = {
     "db_exclude_table_data": "db_exclude_table_data",
     "pg_dump_args": "pg_dump_args",
     "age": "age",
+    "notify": "notify",
 }
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 #: Query parameters that would contradict the URL itself, or put a secret into argv.

@@ -34,7 +34,8 @@ _KNOWN_GRAMS = frozenset().union(*_GRAMS.values())
 
 #: The prefixes of our names. A name with one is compared with a lower cutoff: it meant to be ours.
 FAMILIES = ("PGBKP_", "BACKUP_", "PG_", "S3_", "ZIP_", "COMPRESSION_", "RETENTION_", "GLOBAL_", "IGNORE_", "TIMEZONE",
-            "LOG_", "CRON_", "SHUTDOWN_", "HEALTH", "TIME_", "SECRETS_", "FARGATE_", "HTTP_ADDR", "METRICS_", "AGE_")
+            "LOG_", "CRON_", "SHUTDOWN_", "HEALTH", "TIME_", "SECRETS_", "FARGATE_", "HTTP_ADDR", "METRICS_", "AGE_",
+            "NOTIFY_")
 #: Prefixes no other common software uses: a name there that is no setting is a mistake even when no
 #: setting is close to it.
 OWN_FAMILIES = ("PGBKP_", "S3_", "ZIP_", "RETENTION_", "CRON_")
@@ -108,8 +109,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               "connection flags: pg-bkp streams plain SQL); exclude_table= and the like in PG_URLS for -T, -N"),
     Migration("HEALTHCHECK_PORT", _LOCAL, "", "no equivalent: pg-bkp serves no HTTP; pgbkp health reads HEALTH_FILE, "
               "and HEALTHCHECK_URL pings a monitor"),
-    Migration("DISCORD_WEBHOOK_URL", _S3, "", "no equivalent: HEALTHCHECK_URL pings a healthchecks.io-style "
-              "monitor on start, success and failure"),
+    Migration("DISCORD_WEBHOOK_URL", _S3, "NOTIFY_URLS", "as discord://WEBHOOK_ID/WEBHOOK_TOKEN (apprise's form of "
+              "the webhook URL); NOTIFY_ON=always to hear of successes too"),
     Migration("DATABASE_URL", "", "PG_URLS", "several servers separated by commas"),
     Migration("PG_HOST", "", "PG_URLS", _URL_FORM),
     Migration("PG_USER", "", "PG_URLS", _URL_FORM),

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     Parser: TypeAlias = Callable[[str, str], Any]
 #: ``read_by`` of the rows load() reads itself.
 LOADER = "config"
+#: NOTIFY_ON: when a run sends its message (pgbkp.notify).
+NOTIFY_ON_CHOICES = ("failure", "always", "never")
 
 
 class Number:
@@ -170,6 +172,13 @@ def _secret(value: str, name: str) -> Secret:
     return Secret(value)
 
 
+def _notify_on(value: str, name: str) -> str:
+    choice = value.lower()
+    if choice not in NOTIFY_ON_CHOICES:
+        raise ConfigError(f"{name}: {show(choice)} is not valid. Fix: use one of {', '.join(NOTIFY_ON_CHOICES)}.")
+    return choice
+
+
 def _access_key(value: str, name: str) -> Secret:
     return Secret(value, scrub=False)  # an identifier, not a secret
 
@@ -268,6 +277,7 @@ GROUPS = {
     "logs": "Time zone and logs",
     "runner": "The local runner (`pgbkp serve`; `pgbkp backup` reads `LOG_FILE`, `HEALTHCHECK_URL` and "
               "`METRICS_TEXTFILE` too)",
+    "notify": "Notifications ([README](../README.md#notifications))",
     "lambda": "The Lambda function and its Fargate task",
 }
 
@@ -407,6 +417,20 @@ VARIABLES: tuple[Variable, ...] = (
              "for node_exporter's textfile collector", "a path ending in `.prom`, in an existing folder", "none",
              _textfile, read_by="cli, runner"),
 
+    Variable("NOTIFY_URLS", "notify",
+             "where each run's message goes: [apprise](https://github.com/caronc/apprise/wiki) URLs (`slack://`, "
+             "`tgram://`, `mailtos://`, `discord://`, `msteams://`, `ntfy://`, `json://` and `form://` webhooks); "
+             "a secret, never logged. A PG_URLS item's `notify=` replaces it for that connection",
+             "one or more URLs separated by commas or spaces; each must be one apprise supports", "none",
+             read_by="notify"),
+    Variable("NOTIFY_ON", "notify", "which runs send a message",
+             "`failure` (some database failed), `always`, `never`", "`failure`", _notify_on, "failure",
+             read_by="notify"),
+    Variable("NOTIFY_TIMEOUT_SECONDS", "notify",
+             "how long a run waits for its messages to go out, all URLs together; a late or failed one is "
+             "logged as a warning, and the run's result and exit code stay as they are", "1–300", "`10`",
+             Number(1, 300), "10", read_by="notify"),
+
     Variable("PG_URLS_SECRET_ID", "lambda",
              "read `PG_URLS` from Secrets Manager or SSM instead ([deploy.md](deploy.md))",
              "a secret name or ARN; an SSM parameter `/path`, `ssm:name` or ARN", "none",
@@ -422,6 +446,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("AGE_IDENTITY", "lambda",
              "the identity's content instead of a file: what `AGE_IDENTITY_SECRET_ID` fills in, in Lambda",
              "as the content of `AGE_IDENTITY_FILE`; not with it", "none", read_by="restore", exact=True),
+    Variable("NOTIFY_URLS_SECRET_ID", "lambda", "read `NOTIFY_URLS` from Secrets Manager or SSM instead",
+             "as `PG_URLS_SECRET_ID`", "none", read_by="settings_secrets"),
     Variable("SECRETS_MAX_AGE_SECONDS", "lambda", "how long a fetched secret is cached", "0 or more", "`300`",
              Number(0), "300", read_by="settings_secrets"),
     Variable("TIME_SAFETY_MARGIN_SECONDS", "lambda",
