@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgbkp import cli, config, history, metrics, runner, schedule
+from pgbkp import cli, config, history, metrics, redact, runner, schedule
 from pgbkp.config import ConfigError, setting
 from pgbkp.storage.memory import MemoryStorage
 from tests.fakes import FakeDatabase, FakeDumpSource
@@ -131,7 +131,8 @@ def test_metrics_after_two_runs_across_a_restart_hold_exact_values(memory_env: d
     # METRICS_TEXTFILE: the same samples, in a file the collector reads, and nothing else left in the folder.
     text = Path(memory_env["METRICS_TEXTFILE"]).read_text(encoding="utf-8")
     assert samples(text) == got
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["health-history.json", "health.json", "pgbkp.prom"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["health-history.json", "health-history.json.lock",
+                                                          "health.json", "pgbkp.prom"]
     assert key.endswith(".zip")
 
 
@@ -225,6 +226,55 @@ def test_the_history_is_bounded_and_a_damaged_file_is_set_aside(tmp_path: Path,
         assert history.History(path).snapshot() == {"version": 1, "databases": []}
     assert caplog.messages == [f"the history file {path} is not one pgbkp wrote (or an older version): starting a "
                                "new history; it will be replaced at the end of the next run"]
+
+
+def _row(database: str, status: str = "ok", error: str | None = None) -> dict[str, Any]:
+    return {"connection": "c", "database": database, "status": status, "raw_bytes": 1, "object_bytes": 1,
+            "seconds": 0.5, "error": error}
+
+
+def test_writers_of_one_history_file_keep_each_others_records(tmp_path: Path) -> None:
+    """pgbkp serve keeps the history in memory; a cron `pgbkp backup` and `pgbkp verify` write the same file
+    meanwhile. The runner's next run adds to what they wrote, and its page and /metrics show it at once."""
+    path = tmp_path / "h.json"
+    serve = history.History(path)
+    serve.record_run([_row("a")], "2025-01-15T03:00:00+00:00")
+    history.History(path).record_run([_row("b", "failed", "gone")], "2025-01-15T04:00:00+00:00")  # cron
+    history.History(path).record_verify("c", "a", "2025-01-15T05:00:00+00:00", True, None)  # pgbkp verify
+    seen = {d["database"]: d["backups_total"] for d in serve.snapshot()["databases"]}
+    assert seen == {"a": 1, "b": 1}
+    serve.record_run([_row("a")], "2025-01-16T03:00:00+00:00")
+    doc = history.History(path).snapshot()
+    got = {d["database"]: (d["backups_total"], d["failures_total"], d["last_verify"]) for d in doc["databases"]}
+    assert got == {"a": (2, 0, {"at": "2025-01-15T05:00:00+00:00", "ok": True, "error": None}), "b": (1, 1, None)}
+
+
+def test_a_history_writer_that_holds_the_lock_too_long_is_written_past_with_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import fcntl
+
+    path = tmp_path / "h.json"
+    monkeypatch.setattr(history, "LOCK_WAIT_SECONDS", 0.0)
+    with open(tmp_path / "h.json.lock", "w") as stuck, caplog.at_level(logging.WARNING, "pgbkp.history"):
+        fcntl.flock(stuck.fileno(), fcntl.LOCK_EX)
+        history.History(path).record_run([_row("a")], "2025-01-15T03:00:00+00:00")
+    assert [d["database"] for d in history.History(path).snapshot()["databases"]] == ["a"]
+    assert caplog.messages == [f"the history file {path} stayed locked for 0s: writing it without the lock"]
+
+
+def test_an_error_is_kept_redacted_then_cut_and_odd_numbers_set_the_file_aside(tmp_path: Path) -> None:
+    path = tmp_path / "h.json"
+    secret = "very-long-secret-4711-0815"
+    redact.register(secret)
+    error = "x" * (history.MAX_ERROR_CHARS - 10) + secret + "y" * 100_000
+    history.History(path).record_run([_row("a", "failed", error)], "2025-01-15T03:00:00+00:00")
+    [entry] = history.History(path).snapshot()["databases"]
+    kept = entry["backups"][0]["error"]
+    assert kept == ("x" * (history.MAX_ERROR_CHARS - 10) + "**redacted**")[:history.MAX_ERROR_CHARS - 1] + "…"
+    for value in ("NaN", "Infinity", "1" + "0" * 400):
+        path.write_text(path.read_text().replace('"raw_bytes":1', f'"raw_bytes":{value}', 1))
+        assert history.History(path).snapshot() == {"version": 1, "databases": []}, value
+        path.write_text(path.read_text().replace(f'"raw_bytes":{value}', '"raw_bytes":1', 1))
 
 
 @pytest.mark.parametrize(("value", "expected"), [
