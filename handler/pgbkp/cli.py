@@ -149,7 +149,8 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     stores = StorageCache(lambda settings: S3Storage(settings, should_stop=stop.is_set))
     edge = handler_core.Edge(storage_for=stores, observers=[progress.make_observer()], should_stop=stop.is_set)
     service = config.env.get("POWERTOOLS_SERVICE_NAME") or "pgbkp"
-    if emf_to_stdout(config.env) and not args.dry_run:
+    emf_on = emf_to_stdout(config.env) and not args.dry_run
+    if emf_on:
         edge.report = emf_report(service)
     with stop.installed():
         pinger.start("pgbkp backup started")
@@ -163,7 +164,7 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
         except Exception as exc:
             pinger.fail(redact(f"error: {type(exc).__name__}: {exc}"))
             raise
-    if edge.report is not None:  # the staleness alarm's series counts the task's backups too
+    if emf_on:  # the staleness alarm's series counts the task's backups too
         print(emf.backed_up(service=service, count=sum(r.get("status") == "ok" for r in summary.get("results", []))),
               flush=True)
     body = summary_text(list(summary.get("results", [])))
