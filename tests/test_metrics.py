@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -186,6 +187,62 @@ def test_healthz_answers_as_pgbkp_health_does(memory_env: dict[str, str]) -> Non
     assert samples(metrics_answer[2])[("pgbkp_backup_failures_total", db("app"))] == 1.0
     assert missing[0] == 404
     assert head.status == 200 and head.read() == b""
+
+
+def _answer(conn: socket.socket) -> bytes:
+    conn.settimeout(120)  # only a broken server would make this wait
+    out = b""
+    while chunk := conn.recv(65536):
+        out += chunk
+    return out
+
+
+def test_clients_that_never_finish_their_request_hold_a_bounded_number_of_threads() -> None:
+    """Threads are the runner's too (upload parts, pings): connections that never finish their request get
+    at most max_clients, the next one a 503 at once; a slot is free again when its client is answered."""
+    from pgbkp import webserver
+
+    app = webserver.App(metrics=lambda: b"", metrics_type="text/plain", healthz=lambda: (True, "fine"),
+                        page=lambda: "")
+    server = webserver.start(("127.0.0.1", 0), app, max_clients=2)
+    idle = [socket.create_connection(server.address) for _ in range(2)]
+    try:
+        for conn in idle:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        with socket.create_connection(server.address) as third:
+            busy = _answer(third)
+        idle[0].sendall(b"\r\n")
+        answered = _answer(idle[0])
+        status, _, body = get(f"{server.url}/healthz")
+    finally:
+        for conn in idle:
+            conn.close()
+        server.stop()
+    assert busy.startswith(b"HTTP/1.0 503 Service Unavailable\r\n")
+    assert busy.endswith(b"\r\n\r\nbusy: too many clients, try again\n")
+    assert answered.startswith(b"HTTP/1.0 200 OK\r\n") and answered.endswith(b"\r\n\r\nhealthy: fine\n")
+    assert (status, body) == (200, "healthy: fine\n")
+
+
+def test_the_server_is_read_only(memory_env: dict[str, str]) -> None:
+    made = runner.make_runner(config.load(memory_env), backup=lambda stop, obs: runner.Outcome(0, ""))
+    server = runner.start_web(config.load(memory_env), made)
+    assert server is not None
+    try:
+        answers = [get_answer(urllib.request.Request(f"{server.url}/metrics", data=b"x", method=method))
+                   for method in ("POST", "PUT", "DELETE")]
+    finally:
+        server.stop()
+    for status, allow, body in answers:
+        assert (status, allow, body) == (405, "GET, HEAD", "read-only: only GET and HEAD\n")
+
+
+def get_answer(request: urllib.request.Request) -> tuple[int, str | None, str]:
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, resp.headers["Allow"], resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Allow"], exc.read().decode()
 
 
 def test_a_failed_textfile_write_keeps_the_old_file_and_leaves_no_temp_file(
