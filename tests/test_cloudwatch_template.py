@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pgbkp import handler_core, lambda_function
+from pgbkp import emf, handler_core, lambda_function
 from pgbkp.storage.memory import MemoryStorage
 from tests.fakes import FakeDatabase, FakeDumpSource, FakeLambdaContext
 from tests.helpers import ROOT
@@ -140,3 +140,15 @@ def test_the_staleness_alarm_treats_silence_as_no_backup(template: dict[str, Any
     param = template["Parameters"]["MaxBackupAgeHours"]
     assert param["MaxValue"] * props["Period"] <= 7 * 24 * 3600  # CloudWatch's longest evaluation range
     assert props["AlarmActions"] == {"!If": ["HasAlarmEmail", [{"!Ref": "AlarmTopic"}], {"!Ref": "AWS::NoValue"}]}
+
+
+def test_a_fargate_tasks_backups_feed_the_staleness_alarm_too(template: dict[str, Any]) -> None:
+    """A database too big for Lambda is backed up by `pgbkp backup` in a task, whose invocation reports it as
+    dispatched: unless the task emits DatabasesBackedUp itself, a deployment whose only database goes to
+    Fargate is 'stale' after every successful backup."""
+    plain, _grouped = references(template)
+    doc = json.loads(emf.backed_up(service="pgbkp", count=1))
+    [directive] = doc["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == template["Resources"]["StaleBackupAlarm"]["Properties"]["Namespace"]
+    task = {(m["Name"], tuple(sorted(dims))) for dims in directive["Dimensions"] for m in directive["Metrics"]}
+    assert plain <= task and doc["DatabasesBackedUp"] == [1.0] and doc["service"] == "pgbkp"

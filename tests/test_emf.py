@@ -66,7 +66,10 @@ def test_the_tasks_command_backs_up_one_database_with_metrics_and_fails_loudly(p
 
     ok = run_cli(dispatch.task_command("main", "postgres"), env)
     assert ok.returncode == 0, ok.stderr
-    [doc] = _emf_lines(ok.stdout)
+    [doc, run] = _emf_lines(ok.stdout)
+    assert _without_time(run) == {"_aws": {"CloudWatchMetrics": [{  # the staleness alarm's series
+        "Namespace": "pgbkp", "Dimensions": [["service"]],
+        "Metrics": [{"Name": "DatabasesBackedUp", "Unit": "Count"}]}]}, "service": "pgbkp", "DatabasesBackedUp": [1.0]}
     assert (doc["connection"], doc["database"], doc["service"]) == ("main", "postgres", "pgbkp")
     assert (doc["BackupSucceeded"], doc["BackupFailed"]) == ([1.0], [0.0])
     [key] = all_keys(s3, bucket)
@@ -75,5 +78,6 @@ def test_the_tasks_command_backs_up_one_database_with_metrics_and_fails_loudly(p
 
     failed = run_cli(dispatch.task_command("gone", "postgres"), env)
     assert failed.returncode == 1  # ECS records the exit code; the EventBridge rule sends non-zero to the queue
-    [doc] = _emf_lines(failed.stdout)
+    [doc, run] = _emf_lines(failed.stdout)
     assert (doc["connection"], doc["BackupSucceeded"], doc["BackupFailed"]) == ("gone", [0.0], [1.0])
+    assert run["DatabasesBackedUp"] == [0.0]

@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgbkp import cli, config, history, metrics, runner, schedule
+from pgbkp import cli, config, history, metrics, redact, runner, schedule
 from pgbkp.config import ConfigError, setting
 from pgbkp.storage.memory import MemoryStorage
 from tests.fakes import FakeDatabase, FakeDumpSource
@@ -131,7 +132,8 @@ def test_metrics_after_two_runs_across_a_restart_hold_exact_values(memory_env: d
     # METRICS_TEXTFILE: the same samples, in a file the collector reads, and nothing else left in the folder.
     text = Path(memory_env["METRICS_TEXTFILE"]).read_text(encoding="utf-8")
     assert samples(text) == got
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["health-history.json", "health.json", "pgbkp.prom"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["health-history.json", "health-history.json.lock",
+                                                          "health.json", "pgbkp.prom"]
     assert key.endswith(".zip")
 
 
@@ -187,6 +189,62 @@ def test_healthz_answers_as_pgbkp_health_does(memory_env: dict[str, str]) -> Non
     assert head.status == 200 and head.read() == b""
 
 
+def _answer(conn: socket.socket) -> bytes:
+    conn.settimeout(120)  # only a broken server would make this wait
+    out = b""
+    while chunk := conn.recv(65536):
+        out += chunk
+    return out
+
+
+def test_clients_that_never_finish_their_request_hold_a_bounded_number_of_threads() -> None:
+    """Threads are the runner's too (upload parts, pings): connections that never finish their request get
+    at most max_clients, the next one a 503 at once; a slot is free again when its client is answered."""
+    from pgbkp import webserver
+
+    app = webserver.App(metrics=lambda: b"", metrics_type="text/plain", healthz=lambda: (True, "fine"),
+                        page=lambda: "")
+    server = webserver.start(("127.0.0.1", 0), app, max_clients=2)
+    idle = [socket.create_connection(server.address) for _ in range(2)]
+    try:
+        for conn in idle:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        with socket.create_connection(server.address) as third:
+            busy = _answer(third)
+        idle[0].sendall(b"\r\n")
+        answered = _answer(idle[0])
+        status, _, body = get(f"{server.url}/healthz")
+    finally:
+        for conn in idle:
+            conn.close()
+        server.stop()
+    assert busy.startswith(b"HTTP/1.0 503 Service Unavailable\r\n")
+    assert busy.endswith(b"\r\n\r\nbusy: too many clients, try again\n")
+    assert answered.startswith(b"HTTP/1.0 200 OK\r\n") and answered.endswith(b"\r\n\r\nhealthy: fine\n")
+    assert (status, body) == (200, "healthy: fine\n")
+
+
+def test_the_server_is_read_only(memory_env: dict[str, str]) -> None:
+    made = runner.make_runner(config.load(memory_env), backup=lambda stop, obs: runner.Outcome(0, ""))
+    server = runner.start_web(config.load(memory_env), made)
+    assert server is not None
+    try:
+        answers = [get_answer(urllib.request.Request(f"{server.url}/metrics", data=b"x", method=method))
+                   for method in ("POST", "PUT", "DELETE")]
+    finally:
+        server.stop()
+    for status, allow, body in answers:
+        assert (status, allow, body) == (405, "GET, HEAD", "read-only: only GET and HEAD\n")
+
+
+def get_answer(request: urllib.request.Request) -> tuple[int, str | None, str]:
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, resp.headers["Allow"], resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Allow"], exc.read().decode()
+
+
 def test_a_failed_textfile_write_keeps_the_old_file_and_leaves_no_temp_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "pgbkp.prom"
@@ -225,6 +283,55 @@ def test_the_history_is_bounded_and_a_damaged_file_is_set_aside(tmp_path: Path,
         assert history.History(path).snapshot() == {"version": 1, "databases": []}
     assert caplog.messages == [f"the history file {path} is not one pgbkp wrote (or an older version): starting a "
                                "new history; it will be replaced at the end of the next run"]
+
+
+def _row(database: str, status: str = "ok", error: str | None = None) -> dict[str, Any]:
+    return {"connection": "c", "database": database, "status": status, "raw_bytes": 1, "object_bytes": 1,
+            "seconds": 0.5, "error": error}
+
+
+def test_writers_of_one_history_file_keep_each_others_records(tmp_path: Path) -> None:
+    """pgbkp serve keeps the history in memory; a cron `pgbkp backup` and `pgbkp verify` write the same file
+    meanwhile. The runner's next run adds to what they wrote, and its page and /metrics show it at once."""
+    path = tmp_path / "h.json"
+    serve = history.History(path)
+    serve.record_run([_row("a")], "2025-01-15T03:00:00+00:00")
+    history.History(path).record_run([_row("b", "failed", "gone")], "2025-01-15T04:00:00+00:00")  # cron
+    history.History(path).record_verify("c", "a", "2025-01-15T05:00:00+00:00", True, None)  # pgbkp verify
+    seen = {d["database"]: d["backups_total"] for d in serve.snapshot()["databases"]}
+    assert seen == {"a": 1, "b": 1}
+    serve.record_run([_row("a")], "2025-01-16T03:00:00+00:00")
+    doc = history.History(path).snapshot()
+    got = {d["database"]: (d["backups_total"], d["failures_total"], d["last_verify"]) for d in doc["databases"]}
+    assert got == {"a": (2, 0, {"at": "2025-01-15T05:00:00+00:00", "ok": True, "error": None}), "b": (1, 1, None)}
+
+
+def test_a_history_writer_that_holds_the_lock_too_long_is_written_past_with_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import fcntl
+
+    path = tmp_path / "h.json"
+    monkeypatch.setattr(history, "LOCK_WAIT_SECONDS", 0.0)
+    with open(tmp_path / "h.json.lock", "w") as stuck, caplog.at_level(logging.WARNING, "pgbkp.history"):
+        fcntl.flock(stuck.fileno(), fcntl.LOCK_EX)
+        history.History(path).record_run([_row("a")], "2025-01-15T03:00:00+00:00")
+    assert [d["database"] for d in history.History(path).snapshot()["databases"]] == ["a"]
+    assert caplog.messages == [f"the history file {path} stayed locked for 0s: writing it without the lock"]
+
+
+def test_an_error_is_kept_redacted_then_cut_and_odd_numbers_set_the_file_aside(tmp_path: Path) -> None:
+    path = tmp_path / "h.json"
+    secret = "very-long-secret-4711-0815"
+    redact.register(secret)
+    error = "x" * (history.MAX_ERROR_CHARS - 10) + secret + "y" * 100_000
+    history.History(path).record_run([_row("a", "failed", error)], "2025-01-15T03:00:00+00:00")
+    [entry] = history.History(path).snapshot()["databases"]
+    kept = entry["backups"][0]["error"]
+    assert kept == ("x" * (history.MAX_ERROR_CHARS - 10) + "**redacted**")[:history.MAX_ERROR_CHARS - 1] + "…"
+    for value in ("NaN", "Infinity", "1" + "0" * 400):
+        path.write_text(path.read_text().replace('"raw_bytes":1', f'"raw_bytes":{value}', 1))
+        assert history.History(path).snapshot() == {"version": 1, "databases": []}, value
+        path.write_text(path.read_text().replace(f'"raw_bytes":{value}', '"raw_bytes":1', 1))
 
 
 @pytest.mark.parametrize(("value", "expected"), [

@@ -146,7 +146,7 @@ def emf_report(service: str, out: Any = None) -> Callable[[DatabaseResult], None
 
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     """Back up through the handler (as ``serve`` and Lambda do), with the runner's pings and log file."""
-    from pgbkp import handler_core, health, history, metrics, progress, runner  # only now: see the docstring
+    from pgbkp import emf, handler_core, health, history, metrics, progress, runner  # only now: see the docstring
     from pgbkp.pipeline import StorageCache
     from pgbkp.storage.s3 import S3Storage
 
@@ -163,8 +163,10 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     observer = progress.make_observer()
     edge = handler_core.Edge(storage_for=stores, observers=[observer], should_stop=stop.is_set,
                              sizes=isinstance(observer, progress.BarObserver))  # a bar's total: the size
-    if emf_to_stdout(config.env) and not args.dry_run:
-        edge.report = emf_report(config.env.get("POWERTOOLS_SERVICE_NAME") or "pgbkp")
+    service = config.env.get("POWERTOOLS_SERVICE_NAME") or "pgbkp"
+    emf_on = emf_to_stdout(config.env) and not args.dry_run
+    if emf_on:
+        edge.report = emf_report(service)
     with stop.installed():
         pinger.start("pgbkp backup started")
         try:
@@ -177,6 +179,9 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
         except Exception as exc:
             pinger.fail(redact(f"error: {type(exc).__name__}: {exc}"))
             raise
+    if emf_on:  # the staleness alarm's series counts the task's backups too
+        print(emf.backed_up(service=service, count=sum(r.get("status") == "ok" for r in summary.get("results", []))),
+              flush=True)
     body = summary_text(list(summary.get("results", [])))
     (log.info if code == EXIT_OK else log.error)("backup %s: %s", "done" if code == EXIT_OK else "failed",
                                                   body.splitlines()[0])

@@ -6,7 +6,9 @@ In Lambda, Powertools prints these documents (``lambda_function.report``). The F
 same documents itself: the awslogs driver sends stdout to CloudWatch Logs with PutLogEvents, and CloudWatch
 extracts EMF from any log event that carries the ``_aws`` member (no header or agent needed). So the
 ``-backup-failed`` alarm (``SUM(BackupFailed)`` over the namespace) counts a failed task's database as it
-counts a failed invocation's. tests/test_emf.py holds the two outputs side by side.
+counts a failed invocation's. tests/test_emf.py holds the two outputs side by side. After its databases the
+task prints one more document, ``DatabasesBackedUp`` with the ``service`` dimension only, as each invocation
+does: the template's staleness alarm reads that series, and a database backed up by a task is a backup too.
 
 Pure: names and numbers in, one JSON line out; the caller prints it.
 """
@@ -39,4 +41,22 @@ def document(*, connection: str, database: str, service: str, ok: bool, object_b
         "service": service,
     }
     doc.update({name: [float(value)] for (name, _unit), value in zip(METRICS, values, strict=True)})
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+#: The per-run count of databases backed up, with the ``service`` dimension only (the staleness alarm's series).
+BACKED_UP = "DatabasesBackedUp"
+
+
+def backed_up(*, service: str, count: int, timestamp_ms: int | None = None) -> str:
+    """One run's ``DatabasesBackedUp`` document, one line, as the function's invocation metrics carry it."""
+    doc: dict[str, object] = {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
+            "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [["service"]],
+                                   "Metrics": [{"Name": BACKED_UP, "Unit": "Count"}]}],
+        },
+        "service": service,
+        BACKED_UP: [float(count)],
+    }
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
