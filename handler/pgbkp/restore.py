@@ -74,6 +74,11 @@ class RolesExistError(TargetError):
     """A globals restore met roles the target already has (and no --skip-existing)."""
 
 
+class GlobalsStatementError(RestoreError):
+    """A globals backup holds a statement pg_dumpall never writes (``COMMIT;``, ``DROP ROLE``...): refused
+    before it was sent."""
+
+
 class PsqlTooOldError(RestoreError):
     """The psql in use has no ``\\restrict``, so nothing could stop it running a command hidden in a backup."""
 
@@ -708,6 +713,11 @@ def _explain(exc: Exception, backup: BackupRef, target: str, sent: DumpFilter) -
             f"restore {backup.url}: the backup contains a psql meta-command ({where}); refused, {untouched}. "
             f"Fix: do not restore this backup; find out who could write to s3://{backup.bucket}/, and restore an "
             "older one you trust (pgbkp list; --at or --key).", exc.line, line)
+    if isinstance(exc, roles.UnexpectedStatementError):
+        return GlobalsStatementError(
+            f"restore {backup.url}: the globals backup holds something pg_dumpall never writes ({exc}); refused, "
+            f"{untouched}. Fix: do not restore this backup; find out who could write to s3://{backup.bucket}/, and "
+            "restore an older one you trust (pgbkp list; --at or --key).")
     if isinstance(exc, WrongPasswordError):
         return RestoreError(f"restore {backup.url}: {exc}; {untouched}. Fix: set ZIP_PASSWORD to the password "
                             "the backup was made with.")
