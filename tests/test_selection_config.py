@@ -205,6 +205,14 @@ def test_databases_and_excludes_parse_into_the_connection() -> None:
     assert c.dump_args_for("other") == c.dump_args
 
 
+def test_db_exclude_names_a_database_in_double_quotes_as_databases_does() -> None:
+    """A database named with a comma or an = (written in quotes) got the exclusion under its quoted spelling,
+    which names no database: its backup silently kept what was to be left out."""
+    c = one(f'a|db_exclude_table="a=b,c"=log_*,"say""hi"=x,app=y=z|{URL}')
+    assert dict(c.db_dump_args) == {"a=b,c": ("--exclude-table=log_*",), 'say"hi': ("--exclude-table=x",),
+                                    "app": ("--exclude-table=y=z",)}
+
+
 @pytest.mark.parametrize(("names", "include", "chosen", "missing", "unmatched"), [
     (["app", "app_1", "App_2", "crm"], [], ["app", "app_1", "App_2", "crm"], [], []),
     (["app", "app_1", "App_2", "crm"], ["app_*"], ["app_1"], [], []),  # case counts, as in ignore=
