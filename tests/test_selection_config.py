@@ -142,6 +142,14 @@ REFUSED_FLAGS = [
     ("--restrict-key=abc", "--restrict-key is not allowed: pgbkp restore runs psql under a \\restrict key of its "
                            "own. Fix: remove it."),
     ("-V", "-V (--version) is not allowed: pg_dump would print its version instead of a dump. Fix: remove it."),
+    # A partial backup with no word of it, and a restore that writes to another server.
+    ("--enable-row-security", "--enable-row-security is not allowed: pg_dump then dumps only the rows the backup "
+                              "user may see under row-level security, a backup that lacks rows without a word "
+                              "(without it, pg_dump fails instead). Fix: let the backup user read every row "
+                              "(BYPASSRLS, or the tables' owner) and remove it."),
+    ("--include-foreign-data=remote", "--include-foreign-data is not allowed: a restore, and every pgbkp verify, "
+                                      "would write those rows back through the foreign server into the remote "
+                                      "table. Fix: back up the remote server itself, and remove it."),
 ]
 
 
