@@ -5,6 +5,7 @@ test_globals_pg.py."""
 from __future__ import annotations
 
 import io
+import re
 from datetime import datetime
 
 import pytest
@@ -159,3 +160,72 @@ def test_role_filter_leaves_existing_roles_as_they_are_and_names_conflicts() -> 
     assert (f.conflicts, f.skipped, f.created) == (["app", 'we"ird'], ["postgres"], ["application"])
     g = roles.RoleFilter({"app"}, "postgres", skip_existing=True)
     assert g.feed(dump) + g.flush() != dump and (g.conflicts, g.skipped) == ([], ["app"])
+
+
+def _through(f: roles.RoleFilter, dump: bytes, size: int) -> bytes:
+    return b"".join(f.feed(dump[i:i + size]) for i in range(0, len(dump), size)) + f.flush()
+
+
+# A role may set its own settings, and a setting or a comment is a literal that may hold a line break.
+SMUGGLED = (b"CREATE ROLE evil;\nALTER ROLE evil WITH LOGIN;\n"
+            b"ALTER ROLE evil SET application_name TO 'x\nDROP ROLE victim; --';\n"
+            b"COMMENT ON ROLE evil IS 'a\rCREATE ROLE \"x;\ny\";\n';\n"
+            b'CREATE ROLE "two\nlines";\nALTER ROLE "two\nlines" WITH NOLOGIN;\nGRANT grp TO evil;\n')
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 1 << 20])
+def test_role_filter_drops_a_skipped_roles_statements_whole_never_a_line_of_them(size: int) -> None:
+    """Dropping only the first line of a setting sent its second (``DROP ROLE victim``) as SQL of its
+    own, run by the restoring superuser: statements end at a ; outside quotes, not at line ends."""
+    f = roles.RoleFilter({"evil", "two\nlines"}, "postgres", skip_existing=True)
+    out = _through(f, SMUGGLED, size)
+    assert out == b"\n" * 11 + b"GRANT grp TO evil;\n"  # GRANT stays on line 12
+    assert (f.skipped, f.conflicts, f.created) == (["evil", "two\nlines"], [], [])
+    g = roles.RoleFilter(set(), "postgres", skip_existing=False)
+    assert _through(g, SMUGGLED, size) == SMUGGLED and g.created == ["evil", "two\nlines"]
+
+
+REFUSED_GLOBALS = {  # id -> (dump, the line named)
+    "commit": (b"CREATE ROLE a;\nCOMMIT;\nCREATE ROLE b;\n", 2),
+    "end-lower-case": (b"CREATE ROLE a;\n\nend ;\n", 3),
+    "last-without-semicolon": (b"CREATE ROLE a;\n-- c\ncommit\n", 3),
+    "two-on-a-line": (b"SET x = 'a;b'; COMMIT;\n", 1),
+    "create-database": (b"CREATE DATABASE x;\n", 1),
+    "drop-role": (b"CREATE ROLE a;\nDROP ROLE postgres;\n", 2),
+    "select": (b"SELECT pg_terminate_backend(1);\n", 1),
+    "strings-off": (b"SET standard_conforming_strings = off;\nCOMMENT ON ROLE a IS 'x\\'; COMMIT; --';\n", 1),
+    "escape-string": (b"COMMENT ON ROLE a IS E'\\''; COMMIT; SELECT 'x';\n", 1),
+    "dollar-quotes": (b"CREATE ROLE a;\nCOMMENT ON ROLE a IS $$x;\nCOMMIT;$$;\n", 2),
+    "block-comment": (b"/* ; */ CREATE ROLE a;\n", 1),
+    "meta-command": (b"CREATE ROLE a; \\! id\n", 1),
+}
+
+
+@pytest.mark.parametrize(("dump", "line"), REFUSED_GLOBALS.values(), ids=REFUSED_GLOBALS.keys())
+@pytest.mark.parametrize("size", [1, 3, 1 << 20])
+def test_role_filter_refuses_what_pg_dumpall_never_writes_before_sending_it(dump: bytes, line: int,
+                                                                             size: int) -> None:
+    """A COMMIT would commit what came before and run the rest outside the restore's one transaction
+    (and past verify's ROLLBACK); the refusal comes before the statement is sent."""
+    f = roles.RoleFilter(set(), "postgres", skip_existing=False)
+    sent: list[bytes] = []
+    with pytest.raises(roles.UnexpectedStatementError) as err:
+        for i in range(0, len(dump), size):
+            sent.append(f.feed(dump[i:i + size]))
+        sent.append(f.flush())
+    assert err.value.line == line
+    assert not re.search(rb"(?i)commit|drop|database|select|\\!", b"".join(sent))
+
+
+def test_role_filter_passes_a_genuine_dump_as_it_is() -> None:
+    dump = (b"--\n-- PostgreSQL database cluster dump\n--\n\n\nSET default_transaction_read_only = off;\n\n"
+            b"SET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n\n--\n-- Roles\n--\n\n"
+            b"CREATE ROLE app;\nALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:a$b:c';\n"
+            b'CREATE ROLE "w\xc3\xa9ird ""role"";";\nCOMMENT ON ROLE app IS E\'back\\\\slash \'\' ;\';\n'
+            b"GRANT grp TO app WITH INHERIT TRUE GRANTED BY postgres;\n"
+            b"ALTER ROLE app SET search_path TO 'a', '\"b c\"';\n"
+            b"\n\n--\n-- PostgreSQL database cluster dump complete\n--\n\n")
+    for size in (1, 4, 1 << 20):
+        f = roles.RoleFilter(set(), "postgres", skip_existing=False)
+        assert _through(f, dump, size) == dump
+        assert f.created == ["app", 'wéird "role";']

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from pgbkp import config as config_mod
-from pgbkp import keys, pipeline
+from pgbkp import handler_core, keys, pipeline, restore
+from pgbkp.storage.memory import MemoryStorage
 from pgbkp.storage.s3 import S3Storage
+from tests.fakes import FakeDatabase, FakeDumpSource
 from tests.helpers import make_bucket, run_cli
 from tests.servers import PgCluster, S3Server, temp_root
 
@@ -176,3 +178,59 @@ def test_verify_checks_the_globals_object_and_tries_it_on_a_scratch_cluster(sour
     assert tried.returncode == 0, tried.stdout + tried.stderr
     assert '"roles": 5' in tried.stdout and f'"scratch_server": "postgres@127.0.0.1:{target.port}"' in tried.stdout
     assert roles(target) == before  # run, then rolled back
+
+
+def test_a_roles_own_setting_cannot_smuggle_sql_into_a_skip_existing_restore(source: PgCluster, target: PgCluster,
+                                                                            s3: S3Server) -> None:
+    """Any login role may set its own settings; pg_dumpall writes a value with a line break across lines.
+    When that role exists on the target, its statements are left out WHOLE: leaving out only the first
+    line ran the second (DROP ROLE victim) as the restoring superuser."""
+    make_bucket(s3, BUCKET)
+    source.psql("CREATE ROLE evil LOGIN PASSWORD 'evil-pw'")
+    try:
+        planted = subprocess.run(
+            [str(source.bindir / "psql"), "-X", "-h", "127.0.0.1", "-p", str(source.port), "-U", "evil", "-d",
+             "postgres", "-c", "ALTER ROLE evil SET application_name = E'x\\nDROP ROLE victim; --'"],
+            env={**source.env(), "PGUSER": "evil", "PGPASSWORD": "evil-pw"}, capture_output=True, text=True,
+            check=False)
+        assert planted.returncode == 0, planted.stderr
+        env = env_for(source, s3)
+        back_up_globals(env)
+    finally:
+        source.psql("DROP ROLE evil")
+    target.psql("CREATE ROLE evil NOLOGIN; CREATE ROLE victim NOLOGIN")
+    done = run_cli(["restore", "--globals", "--skip-existing", "--target-url",
+                    f"postgresql://{target.user}@127.0.0.1:{target.port}/postgres"],
+                   {**env, "PGPASSWORD": target.password})
+    assert done.returncode == 0, done.stderr
+    assert "2 already there and left as they were (evil, postgres)" in done.stdout
+    assert target.psql("SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles "
+                       "WHERE rolname IN ('evil', 'victim')") == "evil,victim"
+    assert target.psql("SELECT count(*) FROM pg_db_role_setting JOIN pg_roles ON pg_roles.oid = setrole "
+                       "WHERE rolname = 'evil'") == "0"  # evil left exactly as it was
+
+
+HOSTILE_GLOBALS = (b"--\n\\restrict K1\n\nCREATE ROLE planted SUPERUSER LOGIN PASSWORD 'p';\nCOMMIT;\n"
+                   b"CREATE ROLE after;\n\\unrestrict K1\n\n--\n-- PostgreSQL database cluster dump complete\n--\n")
+
+
+@pytest.mark.parametrize("how", ["restore", "verify"])
+def test_a_globals_object_with_a_commit_leaves_nothing_behind(target: PgCluster, how: str) -> None:
+    """COMMIT; would commit the roles before it (past verify's ROLLBACK, and before the object's checks)
+    and run the rest outside the transaction: it is refused before psql sees it."""
+    url = target.url()
+    cfg = config_mod.load({"PG_URLS": f"src|bucket={BUCKET}|globals=true|{url}", "TIMEZONE": "UTC",
+                           "COMPRESSION_THREADS": "1"})
+    store = MemoryStorage([BUCKET])
+    src = FakeDumpSource({"src": []}, globals={"src": FakeDatabase(keys.GLOBALS, HOSTILE_GLOBALS)})
+    handler_core.handle({"connection": "src"}, config=cfg,
+                        edge=handler_core.Edge(storage_for=lambda _c: store, source=src))
+    ref = restore.select_backup(cfg, "src", globals_only=True, storage=store)
+    before = roles(target)
+    if how == "restore":
+        with pytest.raises(restore.GlobalsStatementError, match=r"line 5: 'COMMIT;'.*nothing was committed"):
+            restore.restore_globals(cfg, ref, restore.parse_target(url), storage=store)
+    else:
+        [result] = restore.verify(cfg, "src", [keys.GLOBALS], scratch_url=url, storage=store)
+        assert result.status == "failed" and "line 5: 'COMMIT;'" in str(result.error)
+    assert roles(target) == before

@@ -142,6 +142,14 @@ REFUSED_FLAGS = [
     ("--restrict-key=abc", "--restrict-key is not allowed: pgbkp restore runs psql under a \\restrict key of its "
                            "own. Fix: remove it."),
     ("-V", "-V (--version) is not allowed: pg_dump would print its version instead of a dump. Fix: remove it."),
+    # A partial backup with no word of it, and a restore that writes to another server.
+    ("--enable-row-security", "--enable-row-security is not allowed: pg_dump then dumps only the rows the backup "
+                              "user may see under row-level security, a backup that lacks rows without a word "
+                              "(without it, pg_dump fails instead). Fix: let the backup user read every row "
+                              "(BYPASSRLS, or the tables' owner) and remove it."),
+    ("--include-foreign-data=remote", "--include-foreign-data is not allowed: a restore, and every pgbkp verify, "
+                                      "would write those rows back through the foreign server into the remote "
+                                      "table. Fix: back up the remote server itself, and remove it."),
 ]
 
 
@@ -203,6 +211,14 @@ def test_databases_and_excludes_parse_into_the_connection() -> None:
                                     "crm": ("--exclude-table=sessions", '--exclude-table-data="a=b"')}
     assert c.dump_args_for("crm")[-2:] == ("--exclude-table=sessions", '--exclude-table-data="a=b"')
     assert c.dump_args_for("other") == c.dump_args
+
+
+def test_db_exclude_names_a_database_in_double_quotes_as_databases_does() -> None:
+    """A database named with a comma or an = (written in quotes) got the exclusion under its quoted spelling,
+    which names no database: its backup silently kept what was to be left out."""
+    c = one(f'a|db_exclude_table="a=b,c"=log_*,"say""hi"=x,app=y=z|{URL}')
+    assert dict(c.db_dump_args) == {"a=b,c": ("--exclude-table=log_*",), 'say"hi': ("--exclude-table=x",),
+                                    "app": ("--exclude-table=y=z",)}
 
 
 @pytest.mark.parametrize(("names", "include", "chosen", "missing", "unmatched"), [

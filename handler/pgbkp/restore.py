@@ -86,6 +86,11 @@ class IdentityError(RestoreError):
     """A ``.zip.age`` backup, and no usable age identity (AGE_IDENTITY_FILE) to open it."""
 
 
+class GlobalsStatementError(RestoreError):
+    """A globals backup holds a statement pg_dumpall never writes (``COMMIT;``, ``DROP ROLE``...): refused
+    before it was sent."""
+
+
 class PsqlTooOldError(RestoreError):
     """The psql in use has no ``\\restrict``, so nothing could stop it running a command hidden in a backup."""
 
@@ -781,6 +786,11 @@ def _explain(exc: Exception, backup: BackupRef, target: str, sent: DumpFilter) -
     if isinstance(exc, AgeNoIdentityError):
         return IdentityError(f"restore {backup.url}: {exc}; {untouched}. Fix: set AGE_IDENTITY_FILE to the identity "
                              "of one of the recipients the backup was made for.")
+    if isinstance(exc, roles.UnexpectedStatementError):
+        return GlobalsStatementError(
+            f"restore {backup.url}: the globals backup holds something pg_dumpall never writes ({exc}); refused, "
+            f"{untouched}. Fix: do not restore this backup; find out who could write to s3://{backup.bucket}/, and "
+            "restore an older one you trust (pgbkp list; --at or --key).")
     if isinstance(exc, WrongPasswordError):
         return RestoreError(f"restore {backup.url}: {exc}; {untouched}. Fix: set ZIP_PASSWORD to the password "
                             "the backup was made with.")

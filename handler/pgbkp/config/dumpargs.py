@@ -44,10 +44,8 @@ ALLOWED: dict[str, str | None] = {
     "--load-via-partition-root": None,
     "--use-set-session-authorization": None,
     "--serializable-deferrable": None,
-    "--enable-row-security": None,
     "--extra-float-digits": "int",
     "--exclude-extension": "pattern",
-    "--include-foreign-data": "pattern",
     "--role": "name",
     "--superuser": "name",
     "--encoding": "name",
@@ -101,6 +99,11 @@ REFUSED: dict[str, tuple[str, str]] = {
     "--no-schema": _PARTIAL, "--statistics-only": _PARTIAL,
     "--filter": ("it reads a file on the machine that runs pg_dump", "write exclude_schema=, exclude_table= or "
                  "exclude_table_data= in the PG_URLS item"),
+    "--enable-row-security": ("pg_dump then dumps only the rows the backup user may see under row-level security, "
+                              "a backup that lacks rows without a word (without it, pg_dump fails instead)",
+                              "let the backup user read every row (BYPASSRLS, or the tables' owner) and remove it"),
+    "--include-foreign-data": ("a restore, and every pgbkp verify, would write those rows back through the foreign "
+                               "server into the remote table", "back up the remote server itself, and remove it"),
     "--snapshot": ("a snapshot exists only while the session that exported it lives", "remove it"),
     "--binary-upgrade": ("it is for pg_upgrade only", "remove it"),
     "--restrict-key": ("pgbkp restore runs psql under a \\restrict key of its own", "remove it"),

@@ -58,6 +58,18 @@ def check_pattern(pattern: str, what: str) -> str:
     return pattern
 
 
+def _quoting(text: str) -> Iterable[tuple[str, bool]]:
+    """Each character of ``text`` with whether it lies between double quotes (the quotes themselves count
+    as quoted)."""
+    quoted = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+            yield ch, True
+        else:
+            yield ch, quoted
+
+
 def _parts(pattern: str) -> Iterable[tuple[str, bool]]:
     """Each character of ``pattern`` with whether it is a wildcard (an unquoted ``*`` or ``?``)."""
     quoted = False
@@ -132,11 +144,13 @@ def exclude_args(field: str, patterns: Iterable[str]) -> tuple[str, ...]:
 
 def parse_db_patterns(value: str, what: str) -> dict[str, tuple[str, ...]]:
     """``db_exclude_table=app=audit_*,app=log_*,crm=tmp``: patterns by database. The database name ends at
-    the first ``=`` and is a name, not a pattern; a database may come back for more patterns."""
+    the first ``=`` outside double quotes and is a name, not a pattern (``"a=b,c"=tmp`` names the database
+    ``a=b,c``, as databases= would); a database may come back for more patterns."""
     out: dict[str, tuple[str, ...]] = {}
     for n, pair in enumerate(split_patterns(value, what), start=1):
-        db, sep, pattern = pair.partition("=")
-        db, pattern = db.strip(), pattern.strip()
+        cut = next((i for i, (ch, quoted) in enumerate(_quoting(pair)) if ch == "=" and not quoted), len(pair))
+        db, sep, pattern = pair[:cut], pair[cut:cut + 1], pair[cut + 1:]
+        db, pattern = literal(db.strip()), pattern.strip()
         if not sep or not db or not pattern:
             raise ConfigError(f"{what}: item {n} ({show(pair)}) is not DATABASE=PATTERN. Fix: write "
                               "db1=pattern,db2=pattern (a database may be named again for more patterns).")
