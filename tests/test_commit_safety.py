@@ -227,9 +227,10 @@ def test_ctrl_c_while_the_landing_answer_is_held_leaves_a_whole_backup(pg: PgClu
         try:
             gate.wait_arrived(120)  # the object has landed on the server; the answer is held back
             proc.send_signal(signal.SIGINT)
-            gate.release()
-            _out, err = proc.communicate(timeout=120)
+            _out, err = proc.communicate(timeout=120)  # returns with the answer still held: it looked instead
+            assert not gate._open.is_set()
         finally:
+            gate.release()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()

@@ -400,12 +400,36 @@ class S3Upload:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             return self._resolve(exc, expected, self.bytes_written)
         except UploadStoppedError:
-            raise UploadStoppedError(
-                f"upload {self.url}: stopped while the store was completing the upload; the upload is aborted, "
-                "but a completion already under way may still land the object: if it appears, it is whole (its "
-                "integrity record shows it)") from None
+            return self._landed_despite_stop(expected)
         self._upload_id = None
         return self._check_landed(expected, md5_etags=_md5_etags(resp, self._s))
+
+    def _landed_despite_stop(self, expected_etag: str) -> ObjectInfo:
+        """Stopped while the store was completing the upload. The store may have finished it already, with
+        only its answer still on the way: then the backup exists and is whole, and saying it failed would be
+        wrong (and abort nothing). So look, once, as cleanup does (a stop does not cut it short): our object
+        under the key is a success; nothing there means the upload is aborted as for any other stop."""
+        stopped = UploadStoppedError(
+            f"upload {self.url}: stopped while the store was completing the upload; the upload is aborted, but "
+            "a completion already under way may still land the object: if it appears, it is whole (its "
+            "integrity record shows it)")
+        try:
+            info = self._s.retrying("head", self.bucket, self.key,
+                                    lambda: self._client.head_object(Bucket=self.bucket, Key=self.key),
+                                    missing_ok=True)
+        except StorageError:
+            raise stopped from None
+        if info is None:
+            raise stopped
+        landed_etag = str(info.get("ETag", ""))
+        if int(info["ContentLength"]) != self.bytes_written or (
+                _md5_etags(info, self._s) and _norm_etag(landed_etag) != _norm_etag(expected_etag)):
+            raise self._exists_error()
+        log.info("upload %s: stopped while the store was completing it, but it had landed: the backup is whole "
+                 "(ETag %s)", self.url, landed_etag)
+        self._upload_id = None
+        return ObjectInfo(self.bucket, self.key, self.bytes_written, info.get("LastModified"),
+                          info.get("Metadata", {}), landed_etag)
 
     def _check_landed(self, expected_etag: str, *, md5_etags: bool) -> ObjectInfo:
         """What the store now holds under the key must be this upload: its size, and its ETag where the
