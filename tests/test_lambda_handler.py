@@ -331,8 +331,10 @@ def test_fan_out_outside_lambda_runs_connections_here_one_after_another(
     assert {k.split("/")[0] for k in objects(s3)} == {"main", "second"}
 
 
-def test_a_stop_request_leaves_the_rest_not_started(env: dict[str, str], s3: S3Server) -> None:
+def test_a_stop_request_leaves_the_rest_not_started(env: dict[str, str], s3: S3Server,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The local runner's shutdown: the database in flight finishes or aborts, nothing new starts."""
+    monkeypatch.setenv("DATABASE_CONCURRENCY", "1")  # one in flight
     stop = {"now": False}
 
     class StopAfterFirst(NullObserver):
@@ -400,6 +402,7 @@ def test_time_out_mid_dump_aborts_the_upload_and_fails_that_database(
         env: dict[str, str], s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("S3_PART_SIZE_MB", "5")
     monkeypatch.setenv("ZIP_COMPRESSION_LEVEL", "0")  # what is dumped is what is uploaded
+    monkeypatch.setenv("DATABASE_CONCURRENCY", "1")  # the other database has not started when time runs out
     context = FakeLambdaContext(remaining_ms=600_000)
     clock = _ClockJumps(context, s3, after=7 << 20)
     client = FakeLambdaClient()

@@ -209,6 +209,11 @@ VARIABLES: tuple[Variable, ...] = (
              "how long `pg_dump` waits for its table locks (`--lock-wait-timeout`); past it the backup fails "
              "naming the locked table", "0–86400; `0` waits forever", "`300`", Number(0, 86_400), "300",
              read_by="pipeline"),
+    Variable("DATABASE_CONCURRENCY", "backup",
+             "databases of a connection backed up at once, each with its own upload, integrity and retention "
+             "([architecture.md](architecture.md#several-databases-at-once)); memory grows with it",
+             "1–32", "the CPUs this process may use, at most 2, and 1 per 256 MB of memory", Number(1, 32),
+             read_by="pipeline"),
 
     Variable("S3_BUCKET", "s3", "bucket for every connection and database that does not name its own",
              "a bucket name (3–63 of `a-z 0-9 . -`)", "none", check_bucket),

@@ -642,12 +642,15 @@ class S3Storage:
 
     def upload(self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None,
                on_progress: Callable[[int], None] | None = None,
-               should_stop: Callable[[], bool] = lambda: False, retain_until: datetime | None = None) -> S3Upload:
+               should_stop: Callable[[], bool] = lambda: False, retain_until: datetime | None = None,
+               listed: bool = False) -> S3Upload:
         """A new object under ``key``; ObjectExistsError at once if the key already holds one (the
-        commit checks again with If-None-Match, for a writer that comes in between)."""
+        commit checks again with If-None-Match, for a writer that comes in between). ``listed``: the
+        run's listing of the folder already said the key is free, so no HeadObject is sent."""
         head = lambda: self.client.head_object(Bucket=bucket, Key=key)  # noqa: E731
-        if self.retrying("head", bucket, key, lambda: self.calls.run("head", bucket, key, head, stop=should_stop),
-                         missing_ok=True, attempts_only=True) is not None:
+        if not listed and self.retrying("head", bucket, key, lambda: self.calls.run("head", bucket, key, head,
+                                                                                     stop=should_stop),
+                                        missing_ok=True, attempts_only=True) is not None:
             raise ObjectExistsError(f"upload s3://{bucket}/{key}: a backup already exists under this key (made "
                                     "in the same minute by another run?); it was kept and nothing was written")
         return S3Upload(self, bucket, key, metadata or {}, on_progress, should_stop, retain_until)
