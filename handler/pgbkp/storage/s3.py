@@ -536,6 +536,7 @@ class S3Storage:
         self.calls = _StopAware(should_stop)
         self._batch_delete = True  # cleared the first time the store rejects DeleteObjects
         self._lock_enabled: dict[str, bool | None] = {}  # bucket -> object_lock_enabled(), asked once
+        self._lock_asking = threading.Lock()  # once also when several databases' retention asks at the same time
 
     @property
     def etags_are_md5(self) -> bool:
@@ -562,6 +563,10 @@ class S3Storage:
     def object_lock_enabled(self, bucket: str) -> bool | None:
         """GetObjectLockConfiguration, once per bucket for the life of this storage (one run). None when
         the store will not say: access denied (retention then just tries its deletes) or not implemented."""
+        with self._lock_asking:
+            return self._object_lock_enabled(bucket)
+
+    def _object_lock_enabled(self, bucket: str) -> bool | None:
         if bucket in self._lock_enabled:
             return self._lock_enabled[bucket]
         enabled: bool | None
