@@ -16,6 +16,7 @@ import pytest
 
 from pgbkp import config, cpus, handler_core, keys, pipeline, progress
 from pgbkp.config import Config
+from pgbkp.storage import ObjectExistsError
 from pgbkp.storage.memory import MemoryStorage
 from pgbkp.storage.s3 import S3Storage
 from tests.fakes import FakeDatabase, FakeDumpSource, FakeLambdaContext
@@ -376,3 +377,20 @@ def test_a_key_the_listing_shows_is_still_skipped_and_kept(s3: S3Server) -> None
     assert len(out.results) == 19 and all(r.status == "ok" for r in out.results)
     assert s3_client(s3).get_object(Bucket=bucket, Key=taken.key)["Body"].read() == b"the earlier run's backup"
     assert seen["HeadObject"] == 1 and seen["PutObject"] == 19
+
+
+def test_without_the_head_a_key_taken_after_the_listing_is_still_never_replaced(s3: S3Server) -> None:
+    """``listed=True`` sends no HeadObject; the PutObject's If-None-Match refuses the taken key, and the
+    object there is kept (the database is then reported skipped, as with the head)."""
+    bucket = make_bucket(s3)
+    with S3Proxy(s3.endpoint) as proxy:
+        cfg = config.load(s3_env(s3, proxy, bucket))
+        store = S3Storage(cfg.connections[0].s3)
+        upload = store.upload(bucket, "main/x/k.zip", listed=True)
+        s3_client(s3).put_object(Bucket=bucket, Key="main/x/k.zip", Body=b"landed first")
+        upload.write(b"ours")
+        with pytest.raises(ObjectExistsError):
+            upload.commit()
+        sent = [r.operation for r in proxy.requests]
+    assert s3_client(s3).get_object(Bucket=bucket, Key="main/x/k.zip")["Body"].read() == b"landed first"
+    assert sent == ["PutObject", "HeadObject"]  # no head before; after the refusal, whose object it is
