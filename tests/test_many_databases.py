@@ -167,8 +167,9 @@ def test_ctrl_c_in_the_run_stops_the_databases_in_flight() -> None:
 
 
 def test_deflate_threads_are_shared_not_multiplied() -> None:
-    assert pipeline._threads_per_job(cfg_with(COMPRESSION_THREADS="4"), 2) == 2
-    assert pipeline._threads_per_job(cfg_with(COMPRESSION_THREADS="3"), 2) == 1
+    assert pipeline._threads_per_job(cfg_with(COMPRESSION_THREADS="16"), 4) == 4
+    assert pipeline._threads_per_job(cfg_with(COMPRESSION_THREADS="9"), 2) == 4
+    assert pipeline._threads_per_job(cfg_with(COMPRESSION_THREADS="2"), 2) == 2  # never inline, if not asked
     assert pipeline._threads_per_job(cfg_with(COMPRESSION_THREADS="1"), 3) == 1
     assert pipeline._threads_per_job(cfg_with(COMPRESSION_THREADS="4"), 1) is None  # the writer's own default
 

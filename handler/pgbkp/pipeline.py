@@ -680,11 +680,13 @@ def database_concurrency(config: Config) -> int:
 
 def _threads_per_job(config: Config, width: int) -> int | None:
     """Each database in flight gets its share of the deflate threads (COMPRESSION_THREADS, else the CPUs),
-    so that concurrency does not multiply them: the CPUs are the same."""
+    so that concurrency does not multiply them, but at least 2 (unless COMPRESSION_THREADS=1): with one
+    thread the writer deflates inline, between reads, and loses more than the extra thread costs
+    (measured: docs/benchmarks.md, "Several databases at once")."""
     if width <= 1:
         return None
     total = config.compression_threads or cpus.available_cpus()
-    return max(1, total // width)
+    return 1 if total == 1 else max(2, total // width)
 
 
 def _collect(in_flight: dict[Future[DatabaseResult], int], done: dict[int, DatabaseResult], deletes: _Deletes,

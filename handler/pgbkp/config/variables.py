@@ -212,7 +212,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DATABASE_CONCURRENCY", "backup",
              "databases of a connection backed up at once, each with its own upload, integrity and retention "
              "([architecture.md](architecture.md#several-databases-at-once)); memory grows with it",
-             "1–32", "the CPUs this process may use, at most 2, and 1 per 256 MB of memory", Number(1, 32),
+             "1–32", "the CPUs this process may use, at most 2, and 1 per 256 MB of memory (measured in "
+             "[benchmarks.md](benchmarks.md#several-databases-at-once))", Number(1, 32),
              read_by="pipeline"),
 
     Variable("S3_BUCKET", "s3", "bucket for every connection and database that does not name its own",
