@@ -108,7 +108,9 @@ def make_client(settings: S3Settings) -> Any:
     cfg = botocore.config.Config(
         s3={"addressing_style": "path" if settings.force_path_style else "auto"},
         retries={"mode": "standard", "max_attempts": settings.max_attempts},
-        max_pool_connections=max(10, settings.concurrency * 2 + 2),
+        # One client serves every database in flight (DATABASE_CONCURRENCY), each with its parts in flight;
+        # the pool only caps the connections kept open, so room for 8 databases costs nothing until used.
+        max_pool_connections=max(10, (settings.concurrency + 1) * 8),
         request_checksum_calculation=mode,
         response_checksum_validation=mode,
         connect_timeout=10,
