@@ -395,3 +395,38 @@ def test_without_the_head_a_key_taken_after_the_listing_is_still_never_replaced(
         sent = [r.operation for r in proxy.requests]
     assert s3_client(s3).get_object(Bucket=bucket, Key="main/x/k.zip")["Body"].read() == b"landed first"
     assert sent == ["PutObject", "HeadObject"]  # no head before; after the refusal, whose object it is
+
+
+class DeleteLog(MemoryStorage):
+    def __init__(self) -> None:
+        super().__init__([BUCKET])
+        self.deletes: list[list[str]] = []
+
+    def delete(self, bucket: str, keys: Any) -> None:
+        self.deletes.append(list(keys))
+        super().delete(bucket, keys)
+
+
+def test_deletions_go_in_batches_across_databases(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "DELETE_BATCH", 2)  # S3's 1,000, made small
+    cfg = cfg_with(DATABASE_CONCURRENCY="1")
+    source = FakeDumpSource({"main": [FakeDatabase(d) for d in "abc"]})
+    store = DeleteLog()
+    old = [old_backup(store, cfg, d, 2020) for d in "abc"]
+    out = run(cfg, source, store)
+    assert store.deletes == [old[:2], old[2:]]  # a full batch as soon as it is full, the rest at the end
+    assert all(a.done for r in out.results for a in r.retention if a.action == "delete")
+
+
+def test_a_failed_batch_fails_the_retention_of_each_database_in_it() -> None:
+    cfg = cfg_with(DATABASE_CONCURRENCY="2")
+    source = FakeDumpSource({"main": [FakeDatabase(d) for d in "ab"]})
+    store = MemoryStorage([BUCKET])
+    old = [old_backup(store, cfg, d, 2020) for d in "ab"]
+    store.legal_holds.add((BUCKET, old[1]))  # the store refuses it (the bucket says it has no lock)
+    out = run(cfg, source, store)
+    assert [r.status for r in out.results] == ["failed", "failed"]
+    for r in out.results:
+        assert r.error is not None and r.error.startswith(f"retention: delete s3://{BUCKET}/{old[1]}: AccessDenied")
+        assert r.key in store.objects[BUCKET]  # the backups themselves stand
+    assert not any(a.done for r in out.results for a in r.retention)

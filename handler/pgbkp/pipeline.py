@@ -613,9 +613,9 @@ def run(
     def stop() -> bool:
         return halted.is_set() or should_stop()
 
-    watcher = _Serialized(observer or NullObserver())
     pg_dump_version: list[str] = []
     threads = _threads_per_job(config, width)
+    watcher = _Serialized(observer or NullObserver(), track=width > 1)
 
     def one(job: Job) -> DatabaseResult:
         storage = storage_for(job.connection)
@@ -648,6 +648,7 @@ def run(
                 pg_dump_version.append(source.version())
             if pool is None:
                 done[i] = one(job)
+                deletes.flush(storage_for, stop, full_only=True)
                 continue
             future = pool.submit(one, job)
             in_flight[future] = i
@@ -703,9 +704,10 @@ class _Serialized:
     report at once, and the observers below (bars, counters, Lambda's budget) need not be thread-safe.
     Also tells :func:`run` when a job has started, so ``before_job`` sees it in flight."""
 
-    def __init__(self, observer: Observer) -> None:
+    def __init__(self, observer: Observer, *, track: bool = True) -> None:
         self._observer = observer
         self._lock = threading.Lock()
+        self._track = track  # only a pool waits for starts
         self._started: dict[int, threading.Event] = {}
 
     def _event(self, job: Job) -> threading.Event:
@@ -722,7 +724,8 @@ class _Serialized:
     def started(self, job: Job) -> None:
         with self._lock:
             self._observer.started(job)
-        self._event(job).set()
+        if self._track:
+            self._event(job).set()
 
     def dumped(self, job: Job, n: int) -> None:
         with self._lock:
