@@ -430,3 +430,15 @@ def test_a_failed_batch_fails_the_retention_of_each_database_in_it() -> None:
         assert r.error is not None and r.error.startswith(f"retention: delete s3://{BUCKET}/{old[1]}: AccessDenied")
         assert r.key in store.objects[BUCKET]  # the backups themselves stand
     assert not any(a.done for r in out.results for a in r.retention)
+
+
+def test_available_memory_reads_the_cgroup_limit(tmp_path: Any) -> None:
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/pgbkp\n")
+    (tmp_path / "pgbkp").mkdir()
+    (tmp_path / "pgbkp" / "memory.max").write_text("max\n")
+    (tmp_path / "memory.max").write_text(f"{512 << 20}\n")  # a parent's limit binds us too
+    assert cpus.available_memory({}, cgroup_root=tmp_path, proc_cgroup=proc) == 512 << 20
+    (tmp_path / "memory.max").write_text("max\n")
+    unbounded = cpus.available_memory({}, cgroup_root=tmp_path, proc_cgroup=proc)
+    assert unbounded > 512 << 20  # the machine's RAM
