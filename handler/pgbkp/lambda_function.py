@@ -133,8 +133,9 @@ class EdgeObserver(NullObserver):
         logger.thread_safe_append_keys(database=job.database)
         stack = self._open[id(job)] = ExitStack()
         subsegment = stack.enter_context(tracer.provider.in_subsegment(f"## backup {job.database}"[:200]))
-        subsegment.put_annotation("connection", job.connection.name)
-        subsegment.put_annotation("database", job.database)
+        if subsegment is not None:  # X-Ray gives None where a thread has no segment to attach to
+            subsegment.put_annotation("connection", job.connection.name)
+            subsegment.put_annotation("database", job.database)
 
     def finished(self, job: Job, result: DatabaseResult) -> None:
         stack = self._open.pop(id(job), None)
