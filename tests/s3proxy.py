@@ -65,6 +65,8 @@ class Request:
             return "DeleteObject"
         if m == "GET" and "uploads" in q:
             return "ListMultipartUploads"
+        if m == "GET" and "object-lock" in q:
+            return "GetObjectLockConfiguration"
         if m == "GET" and "list-type" in q:
             return "ListObjectsV2"
         if m == "HEAD":

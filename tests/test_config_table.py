@@ -139,6 +139,9 @@ def _fargate(env: Mapping[str, str]) -> dispatch.FargateSettings:
 
 READERS: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "PG_LOCK_WAIT_TIMEOUT_SECONDS": lambda env: pipeline.lock_wait_timeout(load({**BASE, **env})),
+    # Unset, the run picks its default from the CPUs and memory (tests/test_cpus.py); set, it is the row's.
+    "DATABASE_CONCURRENCY": lambda env: (pipeline.database_concurrency(load({**BASE, **env}))
+                                         if env.get("DATABASE_CONCURRENCY", "").strip() else None),
     "SHUTDOWN_GRACE_SECONDS": _grace,
     "CRON_ENABLED": _cron_enabled,
     "TIME_SAFETY_MARGIN_SECONDS": lambda env: handler_core.TimeLimits.from_env(env).safety_margin,

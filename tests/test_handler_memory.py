@@ -24,7 +24,8 @@ from tests.fakes import FakeDatabase, FakeDumpSource, FakeLambdaContext
 
 BUCKET = "bkt"
 ENV = {"PG_URLS": "main|postgres://u@db.invalid/postgres", "S3_BUCKET": BUCKET, "TIMEZONE": "UTC",
-       "COMPRESSION_THREADS": "1", "RETENTION_DAYS": "1", "RETENTION_WEEKS": "0", "RETENTION_MONTHS": "0"}
+       "COMPRESSION_THREADS": "1", "RETENTION_DAYS": "1", "RETENTION_WEEKS": "0", "RETENTION_MONTHS": "0",
+       "DATABASE_CONCURRENCY": "1"}  # the order of events is the point of most tests here
 
 
 class RecordingStorage(MemoryStorage):
@@ -73,8 +74,9 @@ def test_each_database_is_dumped_uploaded_then_retained_before_the_next() -> Non
     assert [(r["database"], r["status"]) for r in (app, shop)] == [("app", "ok"), ("shop", "ok")]
     assert [e for e in source.events if not e.startswith("read ")] == [
         "list main",
-        "upload app", "dump main/app", "closed main/app", f"delete {app_old}",
-        "upload shop", "dump main/shop", "closed main/shop", f"delete {shop_old}",
+        "upload app", "dump main/app", "closed main/app",
+        "upload shop", "dump main/shop", "closed main/shop",
+        f"delete {app_old}, {shop_old}",  # planned after each upload, sent in one batch
     ]
     assert source.events.count("read main/shop") == 10  # 39 bytes in 4-byte chunks
     assert [d["key"] for d in app["retention"]["deleted"]] == [app_old]

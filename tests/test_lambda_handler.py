@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ import boto3
 import botocore.config
 import pytest
 
-from pgbkp import handler_core, keys, lambda_function, settings_secrets
+from pgbkp import config, handler_core, keys, lambda_function, settings_secrets
 from pgbkp.config import ConfigError
 from pgbkp.handler_core import BackupFailedError, Edge, EventError
 from pgbkp.pipeline import DatabaseResult, Job, NullObserver, StorageCache
@@ -205,6 +206,40 @@ def test_logs_are_json_with_connection_and_database_and_no_secrets(
     assert pg.password not in text and ZIP_PASSWORD not in text and "**redacted**" in text
 
 
+def test_each_database_in_flight_logs_under_its_own_name() -> None:
+    """DATABASE_CONCURRENCY: two databases' threads log at the same time; the ``database`` key of each
+    line is its own thread's (a process-wide key would name the last one started on every line)."""
+    handler = lambda_function.logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    conn = config.load({"PG_URLS": "main|bucket=bkt|postgres://u@h/db"}).connections[0]
+    jobs = [Job(conn, name, "b", f"main/{name}/k.zip", datetime(2026, 1, 1)) for name in ("alpha", "beta")]
+    observer = lambda_function.EdgeObserver()
+    both = threading.Barrier(2, timeout=30)
+
+    def work(job: Job) -> None:
+        observer.started(job)
+        both.wait()  # both in flight now
+        logging.getLogger("pgbkp.test").error("a line of %s", job.database)
+        both.wait()
+        observer.finished(job, DatabaseResult("main", job.database, status="ok"))
+        logging.getLogger("pgbkp.test").error("after %s", job.database)
+
+    buf = io.StringIO()
+    old = handler.setStream(buf)
+    try:
+        threads = [threading.Thread(target=work, args=(job,)) for job in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        handler.setStream(old)
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    own = {x["message"]: x.get("database") for x in lines}
+    assert own["a line of alpha"] == "alpha" and own["a line of beta"] == "beta"
+    assert own["after alpha"] is None and own["after beta"] is None
+
+
 def test_a_subset_of_databases(env: dict[str, str], s3: S3Server) -> None:
     summary = lambda_function.lambda_handler({"connection": "main", "databases": ["hl_two", "hl_one"]},
                                              FakeLambdaContext())
@@ -331,8 +366,10 @@ def test_fan_out_outside_lambda_runs_connections_here_one_after_another(
     assert {k.split("/")[0] for k in objects(s3)} == {"main", "second"}
 
 
-def test_a_stop_request_leaves_the_rest_not_started(env: dict[str, str], s3: S3Server) -> None:
+def test_a_stop_request_leaves_the_rest_not_started(env: dict[str, str], s3: S3Server,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The local runner's shutdown: the database in flight finishes or aborts, nothing new starts."""
+    monkeypatch.setenv("DATABASE_CONCURRENCY", "1")  # one in flight
     stop = {"now": False}
 
     class StopAfterFirst(NullObserver):
@@ -400,6 +437,7 @@ def test_time_out_mid_dump_aborts_the_upload_and_fails_that_database(
         env: dict[str, str], s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("S3_PART_SIZE_MB", "5")
     monkeypatch.setenv("ZIP_COMPRESSION_LEVEL", "0")  # what is dumped is what is uploaded
+    monkeypatch.setenv("DATABASE_CONCURRENCY", "1")  # the other database has not started when time runs out
     context = FakeLambdaContext(remaining_ms=600_000)
     clock = _ClockJumps(context, s3, after=7 << 20)
     client = FakeLambdaClient()

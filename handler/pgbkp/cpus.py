@@ -1,4 +1,5 @@
-"""How many CPUs this process may really use, for sizing worker pools (the deflate threads).
+"""How many CPUs (and how much memory) this process may really use, for sizing worker pools: the
+deflate threads, and how many databases are backed up at once.
 
 ``os.cpu_count()`` counts the host's cores; in a container or a Lambda function the affinity mask
 and the cgroup CPU quota are what bind us, and a pool larger than the quota only adds contention.
@@ -10,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["available_cpus"]
+__all__ = ["available_cpus", "available_memory", "database_concurrency"]
 
 
 def _quota_cpus(quota: float, period: float) -> int | None:
@@ -73,3 +74,54 @@ def available_cpus(*, cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: P
     if limit is not None:
         cpus = min(cpus, limit)
     return max(1, cpus)
+
+
+#: Databases at once, by default, at most: measured on 2 cores (docs/benchmarks.md, "Several databases at
+#: once"), 2 at once took 45% off, 3 and 4 no more, since pg_dump waiting on the server is what overlaps.
+MAX_DEFAULT_DATABASES = 2
+#: Memory one database in flight may take (upload parts, deflate blocks, its pg_dump), and a margin.
+MEMORY_PER_DATABASE = 256 << 20
+
+
+def _cgroup_memory(cgroup_root: Path, proc_cgroup: Path) -> int | None:
+    """Smallest memory.max (v2) from our cgroup up, or memory.limit_in_bytes (v1)."""
+    relative = ""
+    for line in (_read_text(proc_cgroup) or "").splitlines():
+        if line.startswith("0::"):
+            relative = line[3:].strip("/")
+    directory = cgroup_root / relative if relative else cgroup_root
+    limits: list[int] = []
+    while True:
+        text = _read_text(directory / "memory.max")
+        if text and text.isdigit():
+            limits.append(int(text))
+        if directory == cgroup_root or cgroup_root not in directory.parents:
+            break
+        directory = directory.parent
+    v1 = _read_text(cgroup_root / "memory" / "memory.limit_in_bytes")
+    if v1 and v1.isdigit() and int(v1) < 1 << 60:  # "no limit" is a huge number there
+        limits.append(int(v1))
+    return min(limits) if limits else None
+
+
+def available_memory(env: dict[str, str] | None = None, *, cgroup_root: Path = Path("/sys/fs/cgroup"),
+                     proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """Bytes this process may use: Lambda's configured memory, else the cgroup limit, else the RAM."""
+    env = dict(os.environ) if env is None else env
+    lambda_mb = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
+    if lambda_mb.isdigit():
+        return int(lambda_mb) << 20
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        physical = 1 << 30
+    limit = _cgroup_memory(cgroup_root, proc_cgroup)
+    return min(physical, limit) if limit else physical
+
+
+def database_concurrency(cpus: int | None = None, memory: int | None = None) -> int:
+    """DATABASE_CONCURRENCY's default: one database per CPU up to MAX_DEFAULT_DATABASES, and no more
+    than one per MEMORY_PER_DATABASE (a 128 MB Lambda function backs up one at a time)."""
+    cpus = available_cpus() if cpus is None else cpus
+    memory = available_memory() if memory is None else memory
+    return max(1, min(cpus, MAX_DEFAULT_DATABASES, memory // MEMORY_PER_DATABASE))

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -192,13 +193,18 @@ class TimeLimits:
 
 
 class _Budget(NullObserver):
-    """Lambda's clock: decides whether the next database may start and whether a dump must stop."""
+    """Lambda's clock: decides whether the next database may start and whether the dumps must stop.
+
+    Several databases may be in flight (DATABASE_CONCURRENCY): they share the throughput the estimate
+    assumes, so a new one must fit with what the ones in flight still need (their whole estimates,
+    counted as if they had just begun: on the safe side). A stop stops them all."""
 
     def __init__(self, context: Any, limits: TimeLimits) -> None:
         self.context, self.limits = context, limits
         self.begun = 0
-        self.current: Job | None = None
-        self.tripped: tuple[Job, float] | None = None
+        self.in_flight: dict[int, Job] = {}  # by id(job): the observer hears from several threads
+        self.tripped: tuple[list[Job], float] | None = None
+        self._lock = threading.Lock()
 
     def left(self) -> float | None:
         remaining = getattr(self.context, "get_remaining_time_in_millis", None)
@@ -206,11 +212,14 @@ class _Budget(NullObserver):
 
     def before_job(self, job: Job, rest: list[Job]) -> bool:
         left = self.left()
-        need = self.limits.safety_margin + self.limits.estimate(job)
+        with self._lock:
+            flying = list(self.in_flight.values())
+        need = self.limits.safety_margin + sum(self.limits.estimate(j) for j in [*flying, job])
         if left is not None and left < need:
             if self.begun:
-                log.info("%.0f s left, %s needs about %.0f s: handing %d database(s) to a new invocation",
-                         left, job.database, need, len(rest), extra={"connection": job.connection.name})
+                log.info("%.0f s left, %s needs about %.0f s (with the %d database(s) in flight): handing %d "
+                         "database(s) to a new invocation", left, job.database, need, len(flying), len(rest),
+                         extra={"connection": job.connection.name})
                 return False
             log.warning("%.0f s left, %s may need about %.0f s; starting it anyway (first of this invocation)",
                         left, job.database, need, extra={"connection": job.connection.name})
@@ -221,16 +230,19 @@ class _Budget(NullObserver):
         left = self.left()
         if left is None or left >= self.limits.hard_margin:
             return False
-        if self.current is not None and self.tripped is None:
-            self.tripped = (self.current, left)
+        with self._lock:
+            if self.in_flight and self.tripped is None:
+                self.tripped = (list(self.in_flight.values()), left)
         return True
 
-    # Observer: the pipeline tells us which job is in flight.
+    # Observer: the pipeline tells us which jobs are in flight.
     def started(self, job: Job) -> None:
-        self.current = job
+        with self._lock:
+            self.in_flight[id(job)] = job
 
     def finished(self, job: Job, result: DatabaseResult) -> None:
-        self.current = None
+        with self._lock:
+            self.in_flight.pop(id(job), None)
 
 
 def summarize(result: DatabaseResult) -> dict[str, Any]:
@@ -361,9 +373,10 @@ def _backup_connection(config: Config, conn: Connection, request: Request, conte
     )
     results = dispatched + list(run.results)
     if budget and budget.tripped:
-        job, left = budget.tripped
+        tripped, left = budget.tripped
+        stopped = {(job.connection.name, job.database) for job in tripped}
         for r in results:
-            if (r.connection, r.database) == (job.connection.name, job.database) and r.status != "ok":
+            if (r.connection, r.database) in stopped and r.status != "ok":
                 r.error = (f"{r.error} (Lambda time limit: {left:.0f} s left, under TIME_HARD_MARGIN_SECONDS="
                            f"{budget.limits.hard_margin:.0f}; the upload was aborted. Fix: raise "
                            "TIME_SAFETY_MARGIN_SECONDS or lower TIME_ESTIMATE_MB_PER_SECOND, or back this "

@@ -145,20 +145,28 @@ def log_keys(keys: Mapping[str, str]) -> Iterator[None]:
 
 
 class EdgeObserver(NullObserver):
-    """Per database: a ``database`` log key and an X-Ray subsegment, from its start to its result."""
+    """Per database: a ``database`` log key and an X-Ray subsegment, from its start to its result.
+
+    Several databases may be in flight (DATABASE_CONCURRENCY), each on a thread of its own that calls
+    both ``started`` and ``finished``: the log key is the thread's own (Powertools' thread-safe keys),
+    and each database's subsegment is closed by its own result, not by another's."""
 
     def __init__(self) -> None:
-        self._open = ExitStack()
+        self._open: dict[int, ExitStack] = {}
 
     def started(self, job: Job) -> None:
-        logger.append_keys(database=job.database)
-        subsegment = self._open.enter_context(tracer.provider.in_subsegment(f"## backup {job.database}"[:200]))
-        subsegment.put_annotation("connection", job.connection.name)
-        subsegment.put_annotation("database", job.database)
+        logger.thread_safe_append_keys(database=job.database)
+        stack = self._open[id(job)] = ExitStack()
+        subsegment = stack.enter_context(tracer.provider.in_subsegment(f"## backup {job.database}"[:200]))
+        if subsegment is not None:  # X-Ray gives None where a thread has no segment to attach to
+            subsegment.put_annotation("connection", job.connection.name)
+            subsegment.put_annotation("database", job.database)
 
     def finished(self, job: Job, result: DatabaseResult) -> None:
-        self._open.close()
-        logger.remove_keys(["database"])
+        stack = self._open.pop(id(job), None)
+        if stack is not None:
+            stack.close()
+        logger.thread_safe_remove_keys(["database"])
 
 
 def report(result: DatabaseResult) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import shlex
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from pgbkp import __version__, integrity, keys, postgres, retention
+from pgbkp import __version__, cpus, integrity, keys, postgres, retention
 from pgbkp.archive import SupportsWrite, ZipStreamWriter
 from pgbkp.archive.agecrypt import AgeKeyError, AgeWriter, Recipient, parse_recipients
 from pgbkp.config import AgeRecipients, Config, ConfigError, Connection, S3Settings, select, setting
@@ -480,19 +482,28 @@ def clean_stale_uploads(config: Config, storage: Storage, job: Job, now: datetim
     same minute may be live), and only once nothing has been uploaded to them for STALE_UPLOAD_IDLE:
     a live run sends a part every few MB of compressed dump, so an upload idle that long has no owner.
     """
+    return _clean_stale(config, storage, [job], job.folder, now)
+
+
+def _clean_stale(config: Config, storage: Storage, jobs: Sequence[Job], prefix: str,
+                 now: datetime | None = None) -> int:
+    """:func:`clean_stale_uploads` for several databases of one connection and bucket, with one listing
+    of the uploads under ``prefix`` (their common folder)."""
     now = now or datetime.now(UTC)
-    conn = job.connection
+    conn, bucket = jobs[0].connection, jobs[0].bucket
+    ours, live = {j.database for j in jobs}, {j.key for j in jobs}
     count = 0
-    for pending in storage.pending_uploads(job.bucket, job.folder):
+    for pending in storage.pending_uploads(bucket, prefix):
         parsed = keys.parse_key(pending.key, config.global_prefix, conn.base_dir, conn.prefix)
-        if parsed is None or parsed[0] != job.database or pending.key == job.key:
+        if parsed is None or parsed[0] not in ours or pending.key in live:
             continue
         if now - pending.last_activity < STALE_UPLOAD_IDLE:
             continue
         storage.abort_pending(pending)
         count += 1
-        log.info("aborted multipart upload s3://%s/%s left by a stopped run (idle since %s)", job.bucket,
-                 pending.key, pending.last_activity.isoformat(), extra=_ctx(job))
+        log.info("aborted multipart upload s3://%s/%s left by a stopped run (idle since %s)", bucket,
+                 pending.key, pending.last_activity.isoformat(),
+                 extra={"connection": conn.name, "database": parsed[0]})
     return count
 
 
@@ -505,8 +516,15 @@ def backup_database(
     should_stop: Callable[[], bool] = lambda: False,
     pg_dump_version: str = "",
     source: DumpSource | None = None,
+    housekeeping: bool = True,
+    listed: bool = False,
+    threads: int | None = None,
 ) -> DatabaseResult:
-    """Stream one database into one object. On any failure: no object, no pending upload, an error."""
+    """Stream one database into one object. On any failure: no object, no pending upload, an error.
+
+    :func:`run` does once per connection what a lone call does here: ``housekeeping=False`` (it looked
+    for stale uploads already), ``listed=True`` (its listing says the key is free: no HEAD first).
+    ``threads``: deflate threads (default COMPRESSION_THREADS), the run's share per database."""
     observer = observer or NullObserver()
     source = source or PgDumpSource(config.pg_bindir)
     result = DatabaseResult(job.connection.name, job.database, job.bucket, job.key, kind=job.kind)
@@ -514,13 +532,14 @@ def backup_database(
     observer.started(job)
     upload = None
     try:
-        try:
-            clean_stale_uploads(config, storage, job)
-        except StorageError as exc:  # housekeeping: never a reason to skip the backup itself
-            log.warning("could not look for stale multipart uploads: %s", redact(str(exc)), extra=_ctx(job))
+        if housekeeping:
+            try:
+                clean_stale_uploads(config, storage, job)
+            except StorageError as exc:  # housekeeping: never a reason to skip the backup itself
+                log.warning("could not look for stale multipart uploads: %s", redact(str(exc)), extra=_ctx(job))
         upload = storage.upload(job.bucket, job.key, metadata=object_metadata(job, pg_dump_version),
                                 on_progress=lambda n: observer.uploaded(job, n), should_stop=should_stop,
-                                retain_until=retain_until(config, job))
+                                retain_until=retain_until(config, job), listed=listed)
         recipients = age_recipients(config, job.connection)
         password = config.zip_password.reveal().encode() if config.zip_password else None
         opened = (source.dump_globals(job.connection, stop=should_stop) if job.kind == "globals" else
@@ -528,7 +547,8 @@ def backup_database(
                               lock_wait_timeout=lock_wait_timeout(config), extra_args=job.dump_args))
         with opened as dump, _age_layer(upload, recipients, job) as sink:
             writer = ZipStreamWriter(sink, keys.member_name(job.key), password=password,
-                                     level=config.compression_level, threads=config.compression_threads,
+                                     level=config.compression_level,
+                                     threads=config.compression_threads if threads is None else threads,
                                      mtime=job.when)
             with writer:
                 while chunk := dump.read(READ_CHUNK):
@@ -576,11 +596,12 @@ def policy_for(connection: Connection) -> retention.Policy:
 
 
 def retention_plan(config: Config, job: Job, storage: Storage, *, protect: Sequence[str] = (),
-                   today: datetime | None = None) -> retention.Plan:
-    """Plan over this database's own backups only: its folder, its file names, its prefix."""
+                   today: datetime | None = None, listed: Iterable[ObjectInfo] | None = None) -> retention.Plan:
+    """Plan over this database's own backups only: its folder, its file names, its prefix. ``listed``:
+    the objects as the run's one listing of the connection's folder saw them (else the folder is listed)."""
     conn = job.connection
     backups = []
-    for obj in storage.list(job.bucket, job.folder):
+    for obj in storage.list(job.bucket, job.folder) if listed is None else listed:
         parsed = keys.parse_key(obj.key, config.global_prefix, conn.base_dir, conn.prefix)
         if parsed is not None and parsed[0] == job.database:
             backups.append(retention.Backup(obj.key, parsed[1]))
@@ -589,15 +610,18 @@ def retention_plan(config: Config, job: Job, storage: Storage, *, protect: Seque
 
 
 def apply_retention(config: Config, job: Job, storage: Storage, written_key: str | None, *,
-                    dry_run: bool = False) -> list[RetentionAction]:
+                    dry_run: bool = False, listed: Iterable[ObjectInfo] | None = None,
+                    delete: bool = True) -> list[RetentionAction]:
     """Delete what the plan says, after this run's verified upload of this database (or, dry, just say).
 
     With S3 Object Lock, a doomed backup that is still locked is kept instead ("locked until ..."), and
-    with S3_OBJECT_LOCK_MODE a backup the plan now keeps longer than its lock has its lock extended."""
+    with S3_OBJECT_LOCK_MODE a backup the plan now keeps longer than its lock has its lock extended.
+    ``listed``: see :func:`retention_plan`. ``delete=False``: plan only; the caller deletes the actions
+    marked "delete" (in batches across databases) and sets their ``done``."""
     policy = policy_for(job.connection)
     if not policy.enabled:
         return []
-    the_plan = retention_plan(config, job, storage, protect=[written_key] if written_key else [])
+    the_plan = retention_plan(config, job, storage, protect=[written_key] if written_key else [], listed=listed)
     actions = [RetentionAction(d.backup.key, "delete", list(d.reasons)) for d in the_plan.delete]
     actions += [RetentionAction(d.backup.key, "keep", list(d.reasons)) for d in the_plan.keep]
     _keep_locked(job, storage, [a for a in actions if a.action == "delete"])
@@ -606,7 +630,7 @@ def apply_retention(config: Config, job: Job, storage: Storage, written_key: str
     for a in doomed:
         log.info("%s s3://%s/%s: %s", "would delete" if dry_run else "delete", job.bucket, a.key,
                  "; ".join(a.reasons), extra=_ctx(job))
-    if doomed and not dry_run:
+    if doomed and not dry_run and delete:
         storage.delete(job.bucket, [a.key for a in doomed])
         for a in doomed:
             a.done = True
@@ -687,11 +711,16 @@ def run(
     before_job: Callable[[Job, list[Job]], bool] = lambda job, rest: True,
     dry_run: bool = False,
 ) -> RunResult:
-    """Back up every planned job in order, each followed by its own retention.
+    """Back up every planned job, up to DATABASE_CONCURRENCY at once, each followed by its own retention.
 
     ``before_job(job, remaining)`` may return False to stop before a job starts (Lambda's time budget);
-    the jobs not started are returned in ``RunResult.deferred``. ``storage_for`` gives each connection's
-    store (the caller builds it); ``source`` dumps the databases (default: pg_dump).
+    the jobs not started are returned in ``RunResult.deferred``. It is asked in plan order, once the jobs
+    before have started (the observer heard ``started``). ``storage_for`` gives each connection's store
+    (the caller builds it); ``source`` dumps the databases (default: pg_dump).
+
+    Per connection and bucket the store is asked once, at the start, for the uploads a killed run left
+    and for the objects in the connection's folder: the listing says which keys are free (no HEAD before
+    each upload) and is what each database's retention plans over; deletions go in batches at the end.
     """
     source = source or PgDumpSource(config.pg_bindir)
     out = RunResult(results=list(the_plan.failures), skipped=list(the_plan.skipped))
@@ -704,36 +733,264 @@ def run(
         else:
             out.results.append(DatabaseResult(job.connection.name, job.database, job.bucket, job.key,
                                               error=error, size_estimate=job.size_estimate, kind=job.kind))
-    pg_dump_version: str | None = None
-    for i, job in enumerate(jobs):
-        if should_stop() or not before_job(job, jobs[i:]):
-            out.deferred = jobs[i:]
-            break
+    folders = _list_folders(config, jobs, storage_for, dry_run=dry_run)
+    if not dry_run:
+        _clean_stale_once(config, jobs, storage_for)
+    width = 1 if dry_run else min(database_concurrency(config), max(1, len(jobs)))
+    deletes = _Deletes()
+    halted = threading.Event()  # set when the run itself is interrupted (Ctrl-C): every job stops
+
+    def stop() -> bool:
+        return halted.is_set() or should_stop()
+
+    pg_dump_version: list[str] = []
+    threads = _threads_per_job(config, width)
+    watcher = _Serialized(observer or NullObserver(), track=width > 1)
+
+    def one(job: Job) -> DatabaseResult:
         storage = storage_for(job.connection)
+        folder = folders.get((job.connection.index, job.bucket))
         if dry_run:
-            result = DatabaseResult(job.connection.name, job.database, job.bucket, job.key, "dry-run",
-                                    size_estimate=job.size_estimate, kind=job.kind)
-            log.info("would back up %s to %s (about %d bytes on disk, an estimate)", job.database, job.url,
-                     job.size_estimate, extra=_ctx(job))
-            # Plan over the store as the real run will see it: with this run's object in it, protected.
-            after = cast(Storage, _AfterUpload(storage, job))
-            result.retention = _safe_retention(config, job, after, job.key, result, dry_run=True)
-            out.results.append(result)
-            continue
-        if pg_dump_version is None:
-            pg_dump_version = source.version()
-        result = backup_database(config, job, storage, observer=observer, should_stop=should_stop,
-                                 pg_dump_version=pg_dump_version, source=source)
+            return _dry_run(config, job, storage, folder)
+        result = backup_database(config, job, storage, observer=watcher, should_stop=stop,
+                                 pg_dump_version=pg_dump_version[0], source=source, housekeeping=False,
+                                 listed=folder is not None and job.key not in folder.keys, threads=threads)
         result.size_estimate = job.size_estimate
-        if result.status == "skipped":  # the same minute's backup is already there, kept as it is
-            out.skipped.append(Skipped(job.connection.name, job.database, result.error or "already backed up"))
-            continue
-        if result.status == "ok" and should_stop():
+        if result.status == "ok" and stop():
             log.info("stopping: retention of %s is left to the next run", job.database, extra=_ctx(job))
         elif result.status == "ok":
-            result.retention = _safe_retention(config, job, storage, job.key, result)
-        out.results.append(result)
+            listed = None if folder is None else folder.with_object(job, result.object_bytes)
+            result.retention = _safe_retention(config, job, storage, job.key, result, listed=listed,
+                                               deletes=None if folder is None else deletes)
+        return result
+
+    done: dict[int, DatabaseResult] = {}
+    in_flight: dict[Future[DatabaseResult], int] = {}
+    pool = ThreadPoolExecutor(width, thread_name_prefix="pgbkp-db") if width > 1 else None
+    try:
+        for i, job in enumerate(jobs):
+            while len(in_flight) >= width:
+                _collect(in_flight, done, deletes, storage_for, stop)
+            if stop() or not before_job(job, jobs[i:]):
+                out.deferred = jobs[i:]
+                break
+            if not dry_run and not pg_dump_version:
+                pg_dump_version.append(source.version())
+            if pool is None:
+                done[i] = one(job)
+                deletes.flush(storage_for, stop, full_only=True)
+                continue
+            future = pool.submit(one, job)
+            in_flight[future] = i
+            watcher.wait_started(job, future)  # so before_job of the next one counts this one in flight
+        while in_flight:
+            _collect(in_flight, done, deletes, storage_for, stop)
+    except BaseException:
+        halted.set()  # Ctrl-C in this thread: the jobs in flight abort their uploads, then we go
+        if in_flight:
+            wait(in_flight)
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    deletes.flush(storage_for, stop)
+    for i in sorted(done):
+        result, job = done[i], jobs[i]
+        if result.status == "skipped":  # the same minute's backup is already there, kept as it is
+            out.skipped.append(Skipped(job.connection.name, job.database, result.error or "already backed up"))
+        else:
+            out.results.append(result)
     return out
+
+
+def database_concurrency(config: Config) -> int:
+    """DATABASE_CONCURRENCY, else the default from the CPUs and memory this process may use."""
+    value = setting(config.env, "DATABASE_CONCURRENCY")
+    return int(value) if value is not None else cpus.database_concurrency()
+
+
+def _threads_per_job(config: Config, width: int) -> int | None:
+    """Each database in flight gets its share of the deflate threads (COMPRESSION_THREADS, else the CPUs),
+    so that concurrency does not multiply them, but at least 2 (unless COMPRESSION_THREADS=1): with one
+    thread the writer deflates inline, between reads, and loses more than the extra thread costs
+    (measured: docs/benchmarks.md, "Several databases at once")."""
+    if width <= 1:
+        return None
+    total = config.compression_threads or cpus.available_cpus()
+    return 1 if total == 1 else max(2, total // width)
+
+
+def _collect(in_flight: dict[Future[DatabaseResult], int], done: dict[int, DatabaseResult], deletes: _Deletes,
+             storage_for: Callable[[Connection], Storage], stop: Callable[[], bool]) -> None:
+    """Wait for at least one job in flight to end and take its result (a full batch of deletions goes)."""
+    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+    for future in finished:
+        done[in_flight.pop(future)] = future.result()
+    deletes.flush(storage_for, stop, full_only=True)
+
+
+class _Serialized:
+    """The run's observers, called by one thread at a time: several databases (and their upload threads)
+    report at once, and the observers below (bars, counters, Lambda's budget) need not be thread-safe.
+    Also tells :func:`run` when a job has started, so ``before_job`` sees it in flight."""
+
+    def __init__(self, observer: Observer, *, track: bool = True) -> None:
+        self._observer = observer
+        self._lock = threading.Lock()
+        self._track = track  # only a pool waits for starts
+        self._started: dict[int, threading.Event] = {}
+
+    def _event(self, job: Job) -> threading.Event:
+        with self._lock:
+            return self._started.setdefault(id(job), threading.Event())
+
+    def wait_started(self, job: Job, future: Future[DatabaseResult]) -> None:
+        event = self._event(job)
+        future.add_done_callback(lambda _f: event.set())  # a job that failed before it started
+        event.wait()
+        with self._lock:
+            self._started.pop(id(job), None)
+
+    def started(self, job: Job) -> None:
+        with self._lock:
+            self._observer.started(job)
+        if self._track:
+            self._event(job).set()
+
+    def dumped(self, job: Job, n: int) -> None:
+        with self._lock:
+            self._observer.dumped(job, n)
+
+    def uploaded(self, job: Job, n: int) -> None:
+        with self._lock:
+            self._observer.uploaded(job, n)
+
+    def finished(self, job: Job, result: DatabaseResult) -> None:
+        with self._lock:
+            self._observer.finished(job, result)
+
+
+@dataclass
+class _Folder:
+    """A connection's folder in one bucket, listed once at the start of a run: the keys there (a key
+    not among them needs no HEAD before its upload) and each database's objects (what retention plans
+    over, with the run's own new object added)."""
+
+    keys: set[str] = field(default_factory=set)
+    objects: dict[str, list[ObjectInfo]] = field(default_factory=dict)
+
+    def with_object(self, job: Job, size: int) -> list[ObjectInfo]:
+        """This database's objects as they are once the run's own object has landed."""
+        objects = list(self.objects.get(job.database, []))
+        if job.key not in self.keys:
+            objects.append(ObjectInfo(job.bucket, job.key, size))
+        return objects
+
+
+def _groups(jobs: Iterable[Job]) -> dict[tuple[int, str], list[Job]]:
+    """The jobs by (connection, bucket): what shares a folder listing."""
+    groups: dict[tuple[int, str], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.connection.index, job.bucket), []).append(job)
+    return groups
+
+
+def _list_folders(config: Config, jobs: Iterable[Job], storage_for: Callable[[Connection], Storage], *,
+                  dry_run: bool) -> dict[tuple[int, str], _Folder]:
+    """One paginated listing per connection folder and bucket. Not made where it saves nothing (a single
+    database without retention: one HEAD is cheaper than listing a folder); a listing that fails leaves
+    each database to list its own folder, as a lone backup does."""
+    folders: dict[tuple[int, str], _Folder] = {}
+    for where, group in _groups(jobs).items():
+        conn, bucket = group[0].connection, where[1]
+        if not policy_for(conn).enabled and (dry_run or len(group) < 2):
+            continue
+        root = keys.folder(config.global_prefix, conn.base_dir, "")
+        wanted = {j.database for j in group}
+        folder = _Folder()
+        try:
+            for obj in storage_for(conn).list(bucket, root):
+                folder.keys.add(obj.key)
+                parsed = keys.parse_key(obj.key, config.global_prefix, conn.base_dir, conn.prefix)
+                if parsed is not None and parsed[0] in wanted:
+                    folder.objects.setdefault(parsed[0], []).append(obj)
+        except StorageError as exc:
+            log.warning("could not list s3://%s/%s once for all databases (%s); each database lists its own",
+                        bucket, root, redact(str(exc)), extra={"connection": conn.name})
+            continue
+        folders[where] = folder
+    return folders
+
+
+def _clean_stale_once(config: Config, jobs: Iterable[Job], storage_for: Callable[[Connection], Storage]) -> None:
+    """:func:`clean_stale_uploads` for all the run's databases, one listing per connection folder and bucket."""
+    for (_, bucket), group in _groups(jobs).items():
+        conn = group[0].connection
+        root = keys.folder(config.global_prefix, conn.base_dir, "")
+        try:
+            _clean_stale(config, storage_for(conn), group, root)
+        except StorageError as exc:  # housekeeping: never a reason to skip the backups themselves
+            log.warning("could not look for stale multipart uploads in s3://%s/%s: %s", bucket, root,
+                        redact(str(exc)), extra={"connection": conn.name})
+
+
+def _dry_run(config: Config, job: Job, storage: Storage, folder: _Folder | None) -> DatabaseResult:
+    result = DatabaseResult(job.connection.name, job.database, job.bucket, job.key, "dry-run",
+                            size_estimate=job.size_estimate, kind=job.kind)
+    log.info("would back up %s to %s (about %d bytes on disk, an estimate)", job.database, job.url,
+             job.size_estimate, extra=_ctx(job))
+    # Plan over the store as the real run will see it: with this run's object in it, protected.
+    if folder is not None:
+        result.retention = _safe_retention(config, job, storage, job.key, result, dry_run=True,
+                                           listed=folder.with_object(job, 0))
+    else:
+        after = cast(Storage, _AfterUpload(storage, job))
+        result.retention = _safe_retention(config, job, after, job.key, result, dry_run=True)
+    return result
+
+
+#: S3's DeleteObjects takes at most this many keys.
+DELETE_BATCH = 1000
+
+
+class _Deletes:
+    """What each database's retention decided to delete, sent per bucket in batches of up to
+    DELETE_BATCH keys (S3's DeleteObjects limit) rather than a request per database. Only databases
+    whose backup landed (verified) in this run add to it; a failed batch fails their results."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queued: dict[tuple[int, str], list[tuple[Job, DatabaseResult, RetentionAction]]] = {}
+
+    def add(self, job: Job, result: DatabaseResult, actions: Iterable[RetentionAction]) -> None:
+        with self._lock:
+            queue = self._queued.setdefault((job.connection.index, job.bucket), [])
+            queue += [(job, result, a) for a in actions if a.action == "delete" and not a.done]
+
+    def flush(self, storage_for: Callable[[Connection], Storage], stop: Callable[[], bool], *,
+              full_only: bool = False) -> None:
+        with self._lock:
+            ready = {w: q for w, q in self._queued.items() if q and (len(q) >= DELETE_BATCH or not full_only)}
+            for where in ready:
+                self._queued[where] = []
+        for (_, bucket), queue in ready.items():
+            if stop():
+                log.info("stopping: deleting %d old backup(s) in s3://%s is left to the next run", len(queue),
+                         bucket, extra={"connection": queue[0][0].connection.name})
+                continue
+            storage = storage_for(queue[0][0].connection)
+            for start in range(0, len(queue), DELETE_BATCH):
+                batch = queue[start:start + DELETE_BATCH]
+                try:
+                    storage.delete(bucket, [a.key for _, _, a in batch])
+                except StorageError as exc:
+                    for job, result in {id(r): (j, r) for j, r, _ in batch}.values():
+                        result.status = "failed"
+                        result.error = f"retention: {redact(str(exc))}"
+                        log.error("retention failed: %s", result.error, extra=_ctx(job))
+                    continue
+                for _, _, a in batch:
+                    a.done = True
 
 
 class _AfterUpload:
@@ -761,10 +1018,16 @@ class _AfterUpload:
 
 
 def _safe_retention(config: Config, job: Job, storage: Storage, written: str | None, result: DatabaseResult,
-                    *, dry_run: bool = False) -> list[RetentionAction]:
-    """Retention failing is a failed run (it must not go unnoticed), but the backup itself stands."""
+                    *, dry_run: bool = False, listed: Iterable[ObjectInfo] | None = None,
+                    deletes: _Deletes | None = None) -> list[RetentionAction]:
+    """Retention failing is a failed run (it must not go unnoticed), but the backup itself stands.
+    With ``deletes`` the deletions are queued there (the run sends them in batches)."""
     try:
-        return apply_retention(config, job, storage, written, dry_run=dry_run)
+        actions = apply_retention(config, job, storage, written, dry_run=dry_run, listed=listed,
+                                  delete=deletes is None)
+        if deletes is not None and not dry_run:
+            deletes.add(job, result, actions)
+        return actions
     except StorageError as exc:
         result.status = "failed"
         result.error = f"retention: {redact(str(exc))}"

@@ -26,18 +26,27 @@ DEFAULT_INTERVAL = 30.0
 
 class BarObserver:
     """Two bars per database: bytes read from pg_dump (against the database's on-disk size, an
-    estimate: a dump is usually smaller, since it holds no indexes) and bytes uploaded."""
+    estimate: a dump is usually smaller, since it holds no indexes) and bytes uploaded.
+
+    With several databases in flight (DATABASE_CONCURRENCY) each has its own pair of lines: the lowest
+    free pair (tqdm ``position=``), given back when it finishes."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._bars: dict[int, tuple[Any, Any]] = {}
+        self._slots: dict[int, int] = {}  # id(job) -> its pair of lines
+        self._lock = threading.Lock()
 
     def started(self, job: Job) -> None:
+        with self._lock:
+            slot = min(set(range(len(self._slots) + 1)) - set(self._slots.values()))
+            self._slots[id(job)] = slot
         common: dict[str, Any] = {"unit": "B", "unit_scale": True, "unit_divisor": 1000, "file": self._stream,
                                   "dynamic_ncols": True, "miniters": 1, "mininterval": 0.2}
-        dump = tqdm(total=job.size_estimate or None, position=0, leave=True,
+        dump = tqdm(total=job.size_estimate or None, position=2 * slot, leave=True,
                     desc=f"Dump {job.database} (total ~ database size, an estimate)", **common)
-        upload = tqdm(total=None, position=1, leave=True, desc=f"Upload {job.key.rsplit('/', 1)[-1]}", **common)
+        upload = tqdm(total=None, position=2 * slot + 1, leave=True,
+                      desc=f"Upload {job.key.rsplit('/', 1)[-1]}", **common)
         self._bars[id(job)] = (dump, upload)
 
     def dumped(self, job: Job, n: int) -> None:
@@ -50,6 +59,8 @@ class BarObserver:
 
     def finished(self, job: Job, result: DatabaseResult) -> None:
         bars = self._bars.pop(id(job), None)
+        with self._lock:
+            self._slots.pop(id(job), None)
         if bars is None:
             return
         dump, upload = bars

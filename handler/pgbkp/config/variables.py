@@ -309,6 +309,12 @@ VARIABLES: tuple[Variable, ...] = (
              "more `pg_dump` flags, for the ones pg-bkp does not model ([below](#pg_dump_args)); an item's "
              "`pg_dump_args=` replaces it", "flags split as a shell would (no shell runs), each on the "
              "allow-list: `--no-owner --no-privileges --quote-all-identifiers`…", "none", parse_dump_args),
+    Variable("DATABASE_CONCURRENCY", "backup",
+             "databases of a connection backed up at once, each with its own upload, integrity and retention "
+             "([architecture.md](architecture.md#several-databases-at-once)); memory grows with it",
+             "1–32", "the CPUs this process may use, at most 2, and 1 per 256 MB of memory (measured in "
+             "[benchmarks.md](benchmarks.md#several-databases-at-once))", Number(1, 32),
+             read_by="pipeline"),
 
     Variable("S3_BUCKET", "s3", "bucket for every connection and database that does not name its own",
              "a bucket name (3–63 of `a-z 0-9 . -`)", "none", check_bucket),

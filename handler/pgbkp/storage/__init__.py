@@ -111,10 +111,13 @@ class Storage(Protocol):
 
     def upload(self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None,
                on_progress: Callable[[int], None] | None = None,
-               should_stop: Callable[[], bool] = lambda: False, retain_until: datetime | None = None) -> Upload:
+               should_stop: Callable[[], bool] = lambda: False, retain_until: datetime | None = None,
+               listed: bool = False) -> Upload:
         """Start a new object; ObjectExistsError if the key holds one already. ``should_stop`` is
         polled while waiting on the store: when it turns true the upload raises UploadStoppedError.
-        ``retain_until``: with an Object Lock mode set, the object is written locked until then."""
+        ``retain_until``: with an Object Lock mode set, the object is written locked until then.
+        ``listed``: the caller listed the key's folder during this run and the key was not there, so the
+        store need not ask again (the landing request's ``If-None-Match: *`` still refuses to replace)."""
         ...
 
     def download(self, bucket: str, key: str) -> Download: ...

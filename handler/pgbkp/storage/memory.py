@@ -139,7 +139,9 @@ class MemoryStorage:
 
     def upload(self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None,
                on_progress: Callable[[int], None] | None = None,
-               should_stop: Callable[[], bool] = lambda: False, retain_until: datetime | None = None) -> MemoryUpload:
+               should_stop: Callable[[], bool] = lambda: False, retain_until: datetime | None = None,
+               listed: bool = False) -> MemoryUpload:
+        # ``listed`` changes nothing here: looking up a key costs nothing in memory.
         if key in self._bucket(bucket):
             raise ObjectExistsError(f"upload s3://{bucket}/{key}: a backup already exists under this key (made in "
                                     "the same minute by another run?); it was kept and nothing was written")

@@ -108,7 +108,9 @@ def make_client(settings: S3Settings) -> Any:
     cfg = botocore.config.Config(
         s3={"addressing_style": "path" if settings.force_path_style else "auto"},
         retries={"mode": "standard", "max_attempts": settings.max_attempts},
-        max_pool_connections=max(10, settings.concurrency * 2 + 2),
+        # One client serves every database in flight (DATABASE_CONCURRENCY), each with its parts in flight;
+        # the pool only caps the connections kept open, so room for 8 databases costs nothing until used.
+        max_pool_connections=max(10, (settings.concurrency + 1) * 8),
         request_checksum_calculation=mode,
         response_checksum_validation=mode,
         connect_timeout=10,
@@ -562,6 +564,7 @@ class S3Storage:
         self.calls = _StopAware(should_stop)
         self._batch_delete = True  # cleared the first time the store rejects DeleteObjects
         self._lock_enabled: dict[str, bool | None] = {}  # bucket -> object_lock_enabled(), asked once
+        self._lock_asking = threading.Lock()  # once also when several databases' retention asks at the same time
 
     @property
     def etags_are_md5(self) -> bool:
@@ -588,6 +591,10 @@ class S3Storage:
     def object_lock_enabled(self, bucket: str) -> bool | None:
         """GetObjectLockConfiguration, once per bucket for the life of this storage (one run). None when
         the store will not say: access denied (retention then just tries its deletes) or not implemented."""
+        with self._lock_asking:
+            return self._object_lock_enabled(bucket)
+
+    def _object_lock_enabled(self, bucket: str) -> bool | None:
         if bucket in self._lock_enabled:
             return self._lock_enabled[bucket]
         enabled: bool | None
@@ -668,12 +675,15 @@ class S3Storage:
 
     def upload(self, bucket: str, key: str, *, metadata: Mapping[str, str] | None = None,
                on_progress: Callable[[int], None] | None = None,
-               should_stop: Callable[[], bool] = lambda: False, retain_until: datetime | None = None) -> S3Upload:
+               should_stop: Callable[[], bool] = lambda: False, retain_until: datetime | None = None,
+               listed: bool = False) -> S3Upload:
         """A new object under ``key``; ObjectExistsError at once if the key already holds one (the
-        commit checks again with If-None-Match, for a writer that comes in between)."""
+        commit checks again with If-None-Match, for a writer that comes in between). ``listed``: the
+        run's listing of the folder already said the key is free, so no HeadObject is sent."""
         head = lambda: self.client.head_object(Bucket=bucket, Key=key)  # noqa: E731
-        if self.retrying("head", bucket, key, lambda: self.calls.run("head", bucket, key, head, stop=should_stop),
-                         missing_ok=True, attempts_only=True) is not None:
+        if not listed and self.retrying("head", bucket, key, lambda: self.calls.run("head", bucket, key, head,
+                                                                                     stop=should_stop),
+                                        missing_ok=True, attempts_only=True) is not None:
             raise ObjectExistsError(f"upload s3://{bucket}/{key}: a backup already exists under this key (made "
                                     "in the same minute by another run?); it was kept and nothing was written")
         return S3Upload(self, bucket, key, metadata or {}, on_progress, should_stop, retain_until)
