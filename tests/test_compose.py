@@ -22,7 +22,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 #: Variables the example services' own images read (not pg-bkp's).
 IMAGE_VARIABLES = {"POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
 #: What pg-bkp reads that does not belong in a runner's .env: the Lambda edge and its secret lookups.
-LAMBDA_ONLY = {"AWS_LAMBDA_FUNCTION_NAME", "POWERTOOLS_SERVICE_NAME"} | {
+LAMBDA_ONLY = {"AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "POWERTOOLS_SERVICE_NAME"} | {
     v.name for v in config.VARIABLES if v.group == "lambda"}
 LAMBDA_ONLY_PATTERNS = {r"[A-Z0-9_]+_SECRET_ID"}
 #: Locale variables taken out of psql's environment (so its messages can be recognised): not settings.

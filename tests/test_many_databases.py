@@ -133,7 +133,7 @@ class StopsSeen(FakeDumpSource):
         super().__init__(*args, **kwargs)
         self.stops: dict[str, Any] = {}
 
-    def dump(self, connection: Any, database: str, *, stop: Any, lock_wait_timeout: int) -> Any:
+    def dump(self, connection: Any, database: str, *, stop: Any, lock_wait_timeout: int, **_: Any) -> Any:
         self.stops[f"{connection.name}/{database}"] = stop
         return super().dump(connection, database, stop=stop, lock_wait_timeout=lock_wait_timeout)
 

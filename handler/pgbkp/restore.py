@@ -630,7 +630,7 @@ class AgeIdentities:
     Messages name the file and a line, never its content or the passphrase (pgbkp.archive.agecrypt)."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
+        self.env = env
         self._loaded: list[Identity] | None = None
 
     def get(self, url: str) -> list[Identity]:
@@ -639,9 +639,9 @@ class AgeIdentities:
         return self._loaded
 
     def _load(self, url: str) -> list[Identity]:
-        path = setting(self._env, "AGE_IDENTITY_FILE")
-        content = setting(self._env, "AGE_IDENTITY")
-        passphrase = setting(self._env, "AGE_IDENTITY_PASSPHRASE")
+        path = setting(self.env, "AGE_IDENTITY_FILE")
+        content = setting(self.env, "AGE_IDENTITY")
+        passphrase = setting(self.env, "AGE_IDENTITY_PASSPHRASE")
         if passphrase:
             Secret(passphrase)  # registered, so that the scrubber catches it anywhere
         if content:  # each key line too: the scrubber matches whole values
