@@ -353,6 +353,19 @@ def test_a_bad_notify_field_names_its_item() -> None:
         notify.plan(config.load({**ENV, "PG_URLS": "main|notify=|postgres://u@db.invalid/postgres"}))
 
 
+@pytest.mark.parametrize("tail", [f"/postgres|notify=json://127.0.0.1/{HOOK_TOKEN}",
+                                  f"/postgres?application_name=x| notify=json://127.0.0.1/{HOOK_TOKEN}"])
+def test_a_notify_field_after_the_url_is_refused_not_read_as_the_database_name(tail: str) -> None:
+    """Else the URL's token would be the database's name (or a libpq parameter): in pg_dump's arguments,
+    PostgreSQL's log and our 'database ... does not exist' errors; and the connection would not notify."""
+    with pytest.raises(ConfigError) as exc:
+        config.load({**ENV, "PG_URLS": f"main|postgres://u@db.invalid{tail}"})
+    assert str(exc.value) == (
+        "PG_URLS item 1 (main): field 'notify' is written after the URL (host db.invalid), where it would be read "
+        "as part of the database name. Fix: put fields before the URL (name|notify=...|postgres://...); a '|' in "
+        "a database name is written %7C.")
+
+
 def test_notify_on_and_the_timeout_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"^NOTIFY_ON: 'sometimes' is not valid\. Fix: use one of failure, "
                                           r"always, never\.$"):
