@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -352,6 +353,19 @@ def test_a_bad_notify_field_names_its_item() -> None:
         notify.plan(config.load({**ENV, "PG_URLS": "main|notify=|postgres://u@db.invalid/postgres"}))
 
 
+@pytest.mark.parametrize("tail", [f"/postgres|notify=json://127.0.0.1/{HOOK_TOKEN}",
+                                  f"/postgres?application_name=x| notify=json://127.0.0.1/{HOOK_TOKEN}"])
+def test_a_notify_field_after_the_url_is_refused_not_read_as_the_database_name(tail: str) -> None:
+    """Else the URL's token would be the database's name (or a libpq parameter): in pg_dump's arguments,
+    PostgreSQL's log and our 'database ... does not exist' errors; and the connection would not notify."""
+    with pytest.raises(ConfigError) as exc:
+        config.load({**ENV, "PG_URLS": f"main|postgres://u@db.invalid{tail}"})
+    assert str(exc.value) == (
+        "PG_URLS item 1 (main): field 'notify' is written after the URL (host db.invalid), where it would be read "
+        "as part of the database name. Fix: put fields before the URL (name|notify=...|postgres://...); a '|' in "
+        "a database name is written %7C.")
+
+
 def test_notify_on_and_the_timeout_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"^NOTIFY_ON: 'sometimes' is not valid\. Fix: use one of failure, "
                                           r"always, never\.$"):
@@ -450,3 +464,110 @@ def test_the_lambda_handler_sends_one_message_and_its_fan_out_none(
     assert len(receiver.posts) == 1
     out, err = capsys.readouterr()
     assert HOOK_PASSWORD not in out + err and HOOK_TOKEN not in out + err
+
+
+# --------------------------------------------------------------------------------------------------
+# Adversarial: what the services and the libraries under apprise do
+
+
+@pytest.fixture
+def bad_headers_receiver() -> Iterator[int]:
+    """A receiver whose answer has a malformed header block (a buggy proxy): urllib3 warns about it,
+    naming the request's whole URL."""
+    server = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nNo colon here\r\n: x\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    done.set()
+    server.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
+    server.close()
+    thread.join()
+
+
+def test_the_http_library_under_apprise_logs_no_token_even_at_debug(bad_headers_receiver: int) -> None:
+    """Lambda's runtime prints the root logger: urllib3's ``"POST /hook/<token>" 200`` (DEBUG) and its
+    ``Failed to parse headers (url=...)`` warning name the path, where Slack and Telegram keep the token."""
+    url = f"json://pgbkp:{HOOK_PASSWORD}@127.0.0.1:{bad_headers_receiver}/hook/{HOOK_TOKEN}"
+    console = io.StringIO()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(console)
+    saved = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        run({**ENV, "NOTIFY_URLS": url}, failing_source())
+        logging.getLogger("urllib3.connectionpool").debug("another thread's line passes")  # boto3's, say
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved)
+    assert HOOK_TOKEN not in console.getvalue() and HOOK_PASSWORD not in console.getvalue()
+    assert "another thread's line passes" in console.getvalue()
+
+
+def test_a_long_report_is_cut_to_what_the_service_takes_and_a_webhook_gets_it_whole(receiver: Receiver) -> None:
+    """200 failed databases with long errors: apprise's default would pass ~150 kB on, and Discord (2,000
+    characters) or Telegram (4,096) would refuse the whole message. Mattermost (4,000 in apprise, title
+    joined to the body) stands in for them on 127.0.0.1; the JSON webhook still gets every database."""
+    names = [f"db{n:03}" for n in range(200)]
+    source = FakeDumpSource({"main": [FakeDatabase(name, fail="x" * 700) for name in names]})
+    run({**ENV, "NOTIFY_URLS": f"mmost://127.0.0.1:{receiver.port}/{HOOK_TOKEN} {receiver.url()}"}, source)
+
+    by_path = {p["path"]: p["body"] for p in receiver.posts}
+    text = by_path[f"/hooks/{HOOK_TOKEN}"]["text"]
+    lines = text.split("\r\n", 1)[1].split("\n")
+    assert text.startswith("pg-bkp: 200 of 200 backups failed on main\r\nmain/db000: FAILED after")
+    assert len(text) <= 4000
+    error = f"pg_dump 'db000': {'x' * 700}; the dump is incomplete"
+    assert lines[2] == f"  error: {error[:600]}... ({len(error) - 600} more characters in the log)"
+    assert lines[-1] == f"... {151 - len(lines) + 1} more lines cut to fit this service's limit (all in the log and " \
+                        "the result)"
+    doc = json.loads(by_path["/hook"]["message"])
+    assert [r["database"] for r in doc["results"]] == names and doc["results"][0]["error"] == error
+
+
+def test_tokens_and_urls_that_choose_their_own_overflow_are_respected() -> None:
+    assert notify._sets_overflow(f"tgram://{HOOK_TOKEN}/123?overflow=split")
+    assert not notify._sets_overflow(f"tgram://{HOOK_TOKEN}/123?format=text")
+
+
+def test_a_name_or_error_with_newlines_stays_on_its_own_lines() -> None:
+    """PostgreSQL allows a newline in a database name: it must not forge a line of its own."""
+    row = {"connection": "main", "database": "evil\nmain/prod: ok", "status": "failed", "raw_bytes": 0,
+           "object_bytes": 0, "seconds": 1.0, "error": "pg_dump: error: first\r\nDETAIL:  second 🙂 <b>x</b>"}
+    msg = notify.message({"action": "backup", "connections": ["main"], "results": [row]})
+    assert msg.body.split("\n") == [
+        "main/evil\\nmain/prod: ok: FAILED after 1.0 s (0 B dumped, 0 B stored)",
+        "  error: pg_dump: error: first",
+        "    DETAIL:  second 🙂 <b>x</b>",
+    ]
+
+
+def test_a_stop_request_ends_the_wait_for_a_hung_receiver(receiver: Receiver,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """SIGTERM while a message is in flight: the run waits STOP_WAIT_SECONDS more at most, not the whole
+    NOTIFY_TIMEOUT_SECONDS, so that the exit comes within a container's stop timeout."""
+    receiver.hold = threading.Event()
+    env = {**ENV, "NOTIFY_URLS": receiver.url(), "NOTIFY_TIMEOUT_SECONDS": "300"}
+    store = MemoryStorage([BUCKET])
+    edge = handler_core.Edge(storage_for=lambda conn: store, source=failing_source(), should_stop=receiver.got.is_set)
+    with caplog.at_level(logging.WARNING, logger="pgbkp.notify"), pytest.raises(BackupFailedError) as exc:
+        handler_core.handle({"connection": "main"}, config=config.load(env), edge=edge)
+    receiver.hold.set()
+    assert [r["status"] for r in exc.value.summary["results"]] == ["ok", "failed"]
+    assert warnings_of(caplog) == [
+        "notification to NOTIFY_URLS URL 1 (json://) did not go out within the wait a stop request allows (2 s): "
+        "left behind (the backups themselves are not affected)"]

@@ -290,9 +290,9 @@ def handle(event: object, context: Any = None, *, edge: Edge, config: Config | N
         try:
             summary = _verify(config, connections[0], request.databases, edge)
         except BackupFailedError as exc:
-            notifier.send(exc.summary, time_left=_time_left(context))
+            notifier.send(exc.summary, time_left=_time_left(context), should_stop=edge.should_stop)
             raise
-        notifier.send(summary, time_left=_time_left(context))
+        notifier.send(summary, time_left=_time_left(context), should_stop=edge.should_stop)
         return summary
 
     results: list[DatabaseResult] = []
@@ -324,7 +324,7 @@ def handle(event: object, context: Any = None, *, edge: Edge, config: Config | N
         "skipped": [s.as_dict() for s in skipped],
         "handed_off": handed_off,
     }
-    notifier.send(summary, time_left=_time_left(context))  # one message per run; never raises
+    notifier.send(summary, time_left=_time_left(context), should_stop=edge.should_stop)  # one per run; never raises
     failed = [r for r in results if r.status not in OK_STATUSES]
     if failed:
         lines = "; ".join(f"{r.connection}/{r.database}: {r.error}" for r in failed)

@@ -34,7 +34,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -54,6 +54,13 @@ _SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,19}")
 _PIECES = re.compile(r"[/:@?&=,;#\s]+")
 #: How many databases a message lists before it says "and N more" (chat services cap a message's length).
 MAX_LISTED = 50
+#: The most of one error a text message shows; the log and the JSON document keep it whole.
+MAX_ERROR = 600
+#: Once the process is asked to stop (SIGTERM), the messages get at most this much more time: a stopped
+#: run is news worth a try, but the exit must come well within a container's stop timeout (Docker: 10 s).
+STOP_WAIT_SECONDS = 2.0
+#: How often the wait looks at the stop request (a signal does not end a wait on an Event).
+_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -87,18 +94,21 @@ class Notifier:
     def active(self) -> bool:
         return self.on != "never" and any(self.routes.values())
 
-    def send(self, summary: Mapping[str, Any], *, time_left: float | None = None) -> dict[str, str]:
+    def send(self, summary: Mapping[str, Any], *, time_left: float | None = None,
+             should_stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
         """Send the run's message to each target whose connections are in ``summary``, as NOTIFY_ON asks.
 
-        Waits at most NOTIFY_TIMEOUT_SECONDS (and never past ``time_left``, Lambda's remaining time), and
-        never raises: what failed or was late is logged once. Returns each target's label -> ``sent``,
+        Waits at most NOTIFY_TIMEOUT_SECONDS (and never past ``time_left``, Lambda's remaining time, nor
+        more than STOP_WAIT_SECONDS once ``should_stop`` says the process is asked to stop), and never
+        raises: what failed or was late is logged once. Returns each target's label -> ``sent``,
         ``failed`` or ``late`` (for tests and the log line)."""
         try:
             messages = self._messages(summary)
             if not messages:
                 return {}
             wait = self.timeout if time_left is None else max(0.0, min(self.timeout, time_left))
-            return _deliver(messages, wait, "NOTIFY_TIMEOUT_SECONDS" if wait == self.timeout else "the time left")
+            return _deliver(messages, wait, "NOTIFY_TIMEOUT_SECONDS" if wait == self.timeout else "the time left",
+                            should_stop)
         except Exception as exc:  # a notification must never fail a backup, not even by a bug here
             log.warning("notifications not sent: %s (the backups themselves are not affected)",
                         type(exc).__name__)
@@ -224,7 +234,7 @@ def message(summary: Mapping[str, Any]) -> Message:
     if len(ordered) > MAX_LISTED:
         lines.append(f"... and {len(ordered) - MAX_LISTED} more (all in the log and the result)")
     for s in summary.get("skipped", []):
-        lines.append(f"{s['connection']}/{s['database']}: skipped ({s['reason']})")
+        lines.append(f"{_name(s['connection'])}/{_name(s['database'])}: skipped ({s['reason']})")
     if verify and not results:
         lines += [f"{name}: no backups found to verify" for name in names]
     for h in summary.get("handed_off", []):
@@ -239,14 +249,15 @@ def _backup_lines(r: Mapping[str, Any]) -> list[str]:
     status = r.get("status", "failed")
     sizes = f"{size(r.get('raw_bytes') or 0)} dumped, {size(r.get('object_bytes') or 0)} stored"
     seconds = float(r.get("seconds") or 0)
-    head = (f"{r['connection']}/{r['database']}: {status} in {seconds:.1f} s ({sizes})" if status == "ok"
-            else f"{r['connection']}/{r['database']}: {status.upper()} after {seconds:.1f} s ({sizes})")
+    who = f"{_name(r['connection'])}/{_name(r['database'])}"
+    head = (f"{who}: {status} in {seconds:.1f} s ({sizes})" if status == "ok"
+            else f"{who}: {status.upper()} after {seconds:.1f} s ({sizes})")
     lines = [head]
     if r.get("key"):  # a failed backup leaves no object behind: its key says where it would have been
         what = "object" if status == "ok" else "object (not written)"
-        lines.append(f"  {what}: s3://{r.get('bucket')}/{r['key']}")
+        lines.append(f"  {what}: s3://{r.get('bucket')}/{_name(r['key'])}")
     if r.get("error"):
-        lines.append(f"  error: {r['error']}")
+        lines.append(f"  error: {_error(r['error'])}")
     deleted = (r.get("retention") or {}).get("deleted") or []
     if deleted:
         done = sum(1 for d in deleted if d.get("done"))
@@ -258,13 +269,28 @@ def _verify_lines(r: Mapping[str, Any]) -> list[str]:
     status = r.get("status", "failed")
     seconds = float(r.get("seconds") or 0)
     detail = f"{r.get('tables', 0)} tables, {r.get('rows', 0)} rows, {size(r.get('object_bytes') or 0)} stored"
-    lines = [f"{r['connection']}/{r['database']}: restore test "
+    lines = [f"{_name(r['connection'])}/{_name(r['database'])}: restore test "
              f"{'ok' if status == 'ok' else status.upper()} in {seconds:.1f} s ({detail})"]
     if r.get("key"):
-        lines.append(f"  object: s3://{r.get('bucket')}/{r['key']}")
+        lines.append(f"  object: s3://{r.get('bucket')}/{_name(r['key'])}")
     if r.get("error"):
-        lines.append(f"  error: {r['error']}")
+        lines.append(f"  error: {_error(r['error'])}")
     return lines
+
+
+def _name(value: Any) -> str:
+    """A name as one line: PostgreSQL allows a newline in a database name, which would start a line of
+    its own (``main/x: ok ...``) in the message."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+
+
+def _error(value: Any) -> str:
+    """An error, its lines indented under ``error:`` so that none looks like a database's line, and cut
+    to MAX_ERROR characters (a chat message has room for a few)."""
+    text = str(value).replace("\r\n", "\n").strip()
+    if len(text) > MAX_ERROR:
+        text = text[:MAX_ERROR].rstrip() + f"... ({len(text) - MAX_ERROR} more characters in the log)"
+    return "\n".join(_name(line) for line in text.split("\n")).replace("\n", "\n    ")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,16 +309,25 @@ class _Outcome:
         self.done = threading.Event()
 
 
-def _deliver(messages: Sequence[tuple[Target, Message]], wait: float, limit: str) -> dict[str, str]:
-    """Send each message from a daemon thread; wait for all of them ``wait`` seconds at most, together."""
+def _deliver(messages: Sequence[tuple[Target, Message]], wait: float, limit: str,
+             should_stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
+    """Send each message from a daemon thread; wait for all of them ``wait`` seconds at most, together,
+    and STOP_WAIT_SECONDS at most from the moment a stop is asked."""
     apprise = _apprise()
     outcomes = [_Outcome(target) for target, _ in messages]
     for outcome, (target, msg) in zip(outcomes, messages, strict=True):
         threading.Thread(target=_send_one, args=(apprise, target, msg, outcome),
                          name="pgbkp-notify", daemon=True).start()
     end = time.monotonic() + wait
+    stopping = False
     for outcome in outcomes:
-        outcome.done.wait(max(0.0, end - time.monotonic()))
+        while not outcome.done.wait(min(_POLL_SECONDS, max(0.0, end - time.monotonic()))):
+            if time.monotonic() >= end:
+                break
+            if not stopping and should_stop():
+                stopping, soon = True, time.monotonic() + STOP_WAIT_SECONDS
+                if soon < end:
+                    limit, wait, end = "the wait a stop request allows", STOP_WAIT_SECONDS, soon
     report = {}
     for outcome in outcomes:
         with _Outcome.lock:
@@ -317,7 +352,16 @@ def _send_one(apprise: Any, target: Target, msg: Message, outcome: _Outcome) -> 
         # The service's own notify(), in this thread: Apprise.notify() would hand it to a thread pool, where
         # its log lines could no longer be told apart from another target's.
         service = apprise.Apprise.instantiate(target.url.reveal())
-        body = json.dumps(msg.document, ensure_ascii=False, default=str) if target.json else msg.body
+        if target.json:
+            body = json.dumps(msg.document, ensure_ascii=False, default=str)
+        else:
+            body = msg.body
+            if service is not None and not _sets_overflow(target.url.reveal()):
+                # apprise's default passes a long text on as it is, and Discord (2,000 characters) or
+                # Telegram (4,096) then refuse the whole message: send what fits, failures first.
+                service.overflow_mode = apprise.OverflowMode.TRUNCATE
+                title_room = len(msg.title) + 2 if service.title_maxlen <= 0 else 0  # the title joins the body
+                body = fit(body, int(service.body_maxlen) - title_room)
         kind = apprise.NotifyType.SUCCESS if msg.ok else apprise.NotifyType.FAILURE
         ok = service is not None and bool(service.notify(body=body, title=msg.title, notify_type=kind,
                                                          body_format=apprise.NotifyFormat.TEXT))
@@ -330,6 +374,34 @@ def _send_one(apprise: Any, target: Target, msg: Message, outcome: _Outcome) -> 
         if outcome.state == "sending":
             outcome.state, outcome.reason = ("sent", "") if ok else ("failed", reason)
     outcome.done.set()
+
+
+def _sets_overflow(url: str) -> bool:
+    """Whether the URL chooses apprise's overflow mode itself (``?overflow=split``)."""
+    query = urllib.parse.urlsplit(url).query
+    return any(k.lower() == "overflow" for k, _ in urllib.parse.parse_qsl(query, keep_blank_values=True))
+
+
+def fit(body: str, room: int) -> str:
+    """``body`` cut at a line's end to ``room`` characters, saying so on a last line; the lines are in
+    order of importance (failures first), so what is cut is the least of it."""
+    if len(body) <= room:
+        return body
+    lines = body.split("\n")
+
+    def note(kept: int) -> str:
+        return f"... {len(lines) - kept} more lines cut to fit this service's limit (all in the log and the result)"
+
+    kept: list[str] = []
+    used = len(note(0)) + 1  # the longest the note can be
+    for line in lines:
+        if used + len(line) + 1 > room:
+            break
+        kept.append(line)
+        used += len(line) + 1
+    if not kept:  # not even the first line fits: apprise cuts it
+        return body
+    return "\n".join([*kept, note(len(kept))])
 
 
 _STATUS = re.compile(r"(?:error|status|code)[=: ]+(\d{3})\b", re.IGNORECASE)
@@ -373,21 +445,44 @@ class _Capture(logging.Handler):
             return cls._lines.pop(threading.get_ident(), [])
 
     def emit(self, record: logging.LogRecord) -> None:
+        self.keep(record)
+
+    @classmethod
+    def keep(cls, record: logging.LogRecord) -> bool:
+        """Keep the record if this is a notification thread; False (not kept) in any other thread."""
+        with cls._lock:
+            lines = cls._lines.get(threading.get_ident())
+        if lines is None:
+            return False
         try:
             text = record.getMessage()
         except Exception:
-            return
-        with self._lock:
-            lines = self._lines.get(threading.get_ident())
-            if lines is not None and len(lines) < 50:
+            return True
+        with cls._lock:
+            if len(lines) < 50:
                 lines.append(text)
+        return True
 
 
+class _Mute(logging.Filter):
+    """On the loggers of the libraries apprise sends with: a notification thread's records are captured
+    (for the reason) instead of logged; other threads' (boto3 uses urllib3 too) pass untouched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _Capture.keep(record)
+
+
+#: Loggers of the HTTP and mail stack under apprise. Their lines name the request's path, which holds a
+#: Slack or Telegram token (urllib3: ``"POST /bot<token>/sendMessage" 200`` at DEBUG, ``Failed to parse
+#: headers (url=...)`` as a WARNING), and Lambda's runtime prints the root logger's records.
+_STACK = ("urllib3", "requests", "charset_normalizer", "smtplib")
 _setup_lock = threading.Lock()
+_mute = _Mute()
 
 
 def _apprise() -> Any:
-    """apprise, imported on first use, with its logger kept to itself (its lines name hosts and URLs)."""
+    """apprise, imported on first use, with its logger kept to itself (its lines name hosts and URLs), and
+    the loggers of the libraries under it muted in notification threads."""
     import apprise
 
     with _setup_lock:
@@ -395,6 +490,11 @@ def _apprise() -> Any:
         if not any(isinstance(h, _Capture) for h in logger.handlers):
             logger.addHandler(_Capture(logging.DEBUG))
             logger.propagate = False
+        names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in _STACK]
+        for name in {*names, *_STACK}:
+            stack_logger = logging.getLogger(name)  # a filter on the logger a record starts at stops it whole
+            if _mute not in stack_logger.filters:
+                stack_logger.addFilter(_mute)
     return apprise
 
 

@@ -70,6 +70,8 @@ _QUERY_REFUSED = {
 _URL_START = re.compile(r"(?<![A-Za-z0-9+.\-])postgres(?:ql)?://", re.IGNORECASE)
 _KEYED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
 _PARAM_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
+#: ``|key=`` in a URL's path or query: a metadata field written after the URL instead of before it.
+_LATE_FIELD = re.compile(r"\|\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 _ENCODE_HINT = "percent-encode special characters in the user and password (/ %2F, ? %3F, # %23, @ %40, , %2C, % %25)"
 
 
@@ -314,6 +316,14 @@ def parse_url(url: str, where: str) -> PgTarget:
         raise ConfigError(f"{bad}: no user (host {host}). Fix: postgres://USER:pass@{host}:5432/db.")
     if u.fragment is not None:
         raise ConfigError(f"{bad}: a '#' after the host (host {host}). Fix: percent-encode '#' as %23.")
+    late = _LATE_FIELD.search(f"{u.path}?{u.query or ''}")
+    if late and late.group(1).lower() in KEY_ALIASES:
+        # Taken as part of the database name or a libpq parameter, a notify= URL's token or a secret= key
+        # would reach pg_dump's arguments, PostgreSQL's logs and our error messages.
+        field_name = late.group(1).lower()
+        raise ConfigError(f"{where}: field '{field_name}' is written after the URL (host {host}), where it would "
+                          f"be read as part of the database name. Fix: put fields before the URL "
+                          f"(name|{field_name}=...|postgres://...); a '|' in a database name is written %7C.")
     seen: dict[str, str] = {}
     for pair in filter(None, (u.query or "").split("&")):
         raw_key, _, raw_value = pair.partition("=")
