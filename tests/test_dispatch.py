@@ -280,8 +280,11 @@ def test_the_request_without_security_groups_and_with_a_public_ip() -> None:
 
 #: One connection whose server has the issue's five databases (tests/fakes.py: sizes on disk, tiny dumps).
 SERVER = {"main": [FakeDatabase(d.name, f"-- {d.name}\n".encode(), d.size_bytes) for d in SCENARIO]}
+#: One database at a time: the budget then asks only whether each fits alone (with several in flight it adds
+#: their estimates, and "reports", sized to fill a fresh invocation, would be handed on: test_many_databases).
 HANDLER_ENV = {"PG_URLS": "main|postgres://u:pg-secret-in-url@db.invalid/postgres", "S3_BUCKET": "bkt",
-               "ZIP_PASSWORD": "zip-secret-in-env", "TIMEZONE": "UTC", "COMPRESSION_THREADS": "1"}
+               "ZIP_PASSWORD": "zip-secret-in-env", "TIMEZONE": "UTC", "COMPRESSION_THREADS": "1",
+               "DATABASE_CONCURRENCY": "1"}
 
 
 def _lambda_edge(store: MemoryStorage, source: FakeDumpSource, fargate: Any = None) -> handler_core.Edge:

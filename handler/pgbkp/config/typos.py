@@ -35,7 +35,7 @@ _KNOWN_GRAMS = frozenset().union(*_GRAMS.values())
 #: The prefixes of our names. A name with one is compared with a lower cutoff: it meant to be ours.
 FAMILIES = ("PGBKP_", "BACKUP_", "PG_", "S3_", "ZIP_", "COMPRESSION_", "RETENTION_", "GLOBAL_", "IGNORE_", "TIMEZONE",
             "LOG_", "CRON_", "SHUTDOWN_", "HEALTH", "TIME_", "SECRETS_", "FARGATE_", "HTTP_ADDR", "METRICS_", "AGE_",
-            "NOTIFY_")
+            "DATABASE_", "NOTIFY_")
 #: Prefixes no other common software uses: a name there that is no setting is a mistake even when no
 #: setting is close to it.
 OWN_FAMILIES = ("PGBKP_", "S3_", "ZIP_", "RETENTION_", "CRON_")
