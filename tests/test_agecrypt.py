@@ -8,6 +8,7 @@ plaintext before it returned exactly and nothing of it.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -522,6 +523,72 @@ def test_a_secret_key_given_as_recipient_is_refused_without_echo(keys: dict[str,
         "key, not a recipient: it must never be where backups are made. Fix: give its public key instead "
         "(age-keygen -y key.txt, or the .pub file of an SSH key)"
     )
+
+
+def _ssh_rsa_public_key(bits: int) -> str:
+    """An ``ssh-rsa`` public key line with a modulus of ``bits`` bits (its size is all age checks here)."""
+    def string(data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + data
+    modulus = (1 << (bits - 1)) | 1
+    blob = string(b"ssh-rsa") + string(b"\x01\x00\x01") + string(b"\x00" + modulus.to_bytes(bits // 8, "big"))
+    return f"ssh-rsa {base64.b64encode(blob).decode()} odd@size"
+
+
+@pytest.mark.parametrize(
+    ("bits", "reason"),
+    [(1024, "an RSA key under 2048 bits, which age refuses as too weak"),
+     (8192, "an RSA key over 4096 bits, which rage (the age library pgbkp uses) cannot encrypt to")],
+)
+def test_an_ssh_rsa_key_of_a_size_age_refuses_says_why(bits: int, reason: str) -> None:
+    line = _ssh_rsa_public_key(bits)
+    with pytest.raises(AgeKeyError) as caught:
+        ac.parse_recipients(line)
+    assert str(caught.value).startswith(f"AGE_RECIPIENTS: recipient 1 (ssh-rsa {line[8:16]}…): {reason}. Fix: ")
+
+
+SECRET = "AGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{good},{secret}",  # a secret after a comma: split off, not glued to the public key before it
+        "{good}, {secret_lower}",  # bech32 is case-insensitive: the lower-case secret is a secret too
+        "{good} {secret}",  # a space instead of a comma
+        "{good}\t{secret_lower}",
+        "ssh-ed25519;{secret}",
+        "age1{secret_lower}",  # glued on: no hrp echoed
+    ],
+    ids=["comma", "comma-lower", "space", "tab-lower", "glued-ssh", "glued-age1"],
+)
+def test_a_secret_key_next_to_a_recipient_is_never_echoed(text: str, keys: dict[str, Key]) -> None:
+    given = text.format(good=keys["x25519"].recipient, secret=SECRET, secret_lower=SECRET.lower())
+    with pytest.raises(AgeKeyError) as caught:
+        ac.parse_recipients(given)
+    message = str(caught.value).lower()
+    assert "this is a private key" in message or "holds a space" in message
+    assert "gfpyysjz" not in message and "secret-key" not in message
+
+
+@pytest.mark.parametrize(
+    "item",
+    ["sk-proj-0123456789abcdefghijklmnopqrstuvwx",  # an API token, not an SSH key type
+     "ssh-ed25519\u00a0AAAAC3NzaC1lZDI1NTE5AAAAIG",  # a no-break space: not the type
+     "age1qqqqqq\u200bqqqqqqqqqqq"],  # an invisible character: not shown
+    ids=["sk-token", "nbsp", "zero-width"],
+)
+def test_an_unknown_key_type_or_lookalike_is_shown_by_length_only(item: str) -> None:
+    with pytest.raises(AgeKeyError) as caught:
+        ac.parse_recipients(item)
+    text = str(caught.value)
+    assert text.startswith(f"AGE_RECIPIENTS: recipient 1 ({len(item)} characters): ")
+    assert item[4:12] not in text
+
+
+def test_recipients_with_crlf_a_bom_and_duplicates_parse(keys: dict[str, Key]) -> None:
+    good, ssh = keys["x25519"].recipient, keys["ssh-ed25519"].recipient
+    recipients = ac.parse_recipients(f"\ufeff{good}\r\n{ssh}\r\n{good}\r\n")
+    assert [str(r) for r in recipients[::2]] == [good, good] and len(recipients) == 3
 
 
 def test_parse_recipients_empty() -> None:

@@ -437,25 +437,42 @@ class AgeReader:
 # recipients and identities
 
 _SSH_RECIPIENT_TYPES = ("ssh-ed25519", "ssh-rsa")
-_SPLIT = re.compile(r"\s*,\s*(?=age1|ssh-|ecdsa-|sk-)", re.IGNORECASE)
+#: SSH public key types, named in messages (anything else that starts like one is shown by length only: an
+#: ``sk-…`` or ``ssh-…`` token pasted by mistake may be an API secret).
+_SSH_KEY_TYPES = frozenset({
+    "ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+})
+#: Where a private key given by mistake starts: it is split off its neighbours and never shown.
+_PRIVATE_MARKS = ("AGE-SECRET-KEY-", "AGE-PLUGIN-", "-----BEGIN", "PRIVATE KEY")
+_SPLIT = re.compile(r"\s*,\s*(?=age1|ssh-|ecdsa-|sk-|age-secret-key-|age-plugin-|-----begin)", re.IGNORECASE)
+#: The part of an ``age1…`` recipient before its last ``1`` that names a plugin or post-quantum type.
+_HRP = re.compile(r"age1[a-z0-9]{0,24}")
 
 
 def _split_recipients(text: str) -> list[str]:
     items: list[str] = []
-    for line in text.splitlines():
+    for line in text.removeprefix("\ufeff").splitlines():
         line = line.strip(" \t,")  # a comma may end a line too: "age1…,\nage1…"
         if line and not line.startswith("#"):
             items += [item.strip() for item in _SPLIT.split(line) if item.strip()]
     return items
 
 
+def _is_private(item: str) -> bool:
+    upper = item.upper()
+    return any(mark in upper for mark in _PRIVATE_MARKS)
+
+
 def _recipient_label(item: str) -> str:
     """A short prefix that identifies a public key; nothing of anything that is not a known public key."""
-    if item[:4].lower() == "age1":
+    if _is_private(item):
+        return f"{len(item)} characters"
+    if item[:4].lower() == "age1" and item[:12].isascii() and item[:12].isprintable():
         return item[:12] + "…"
     kind, _, rest = item.partition(" ")
-    if kind.startswith(("ssh-", "ecdsa-", "sk-")):
-        return f"{kind[:40]} {rest[:8]}…"
+    if kind in _SSH_KEY_TYPES and rest[:8].isascii() and rest[:8].isprintable():
+        return f"{kind} {rest[:8]}…"
     return f"{len(item)} characters"
 
 
@@ -475,15 +492,21 @@ def parse_recipients(text: str, *, source: str = "AGE_RECIPIENTS") -> list[Recip
 
 
 def _parse_recipient(item: str, what: str) -> Recipient:
+    """One recipient. Messages hold ``what`` and fixed text only: never the item, which may be a secret."""
     fix = "Fix: give an age1… public key (age-keygen -y key.txt prints it) or an ssh-ed25519/ssh-rsa public key"
-    if item.startswith("AGE-SECRET-KEY-") or item.startswith("-----BEGIN"):
+    if _is_private(item):
         raise AgeKeyError(
             f"{what}: this is a private key, not a recipient: it must never be where backups are made. "
             "Fix: give its public key instead (age-keygen -y key.txt, or the .pub file of an SSH key)"
         )
     if item[:4].lower() == "age1":
+        if any(c.isspace() for c in item):
+            raise AgeKeyError(f"{what}: holds a space: give one recipient per line or separate them with commas. "
+                              f"{fix}")
         hrp = item.lower().rpartition("1")[0]
         if hrp != "age":
+            if not _HRP.fullmatch(hrp):
+                raise AgeKeyError(f"{what}: not a valid age1… public key (bad encoding or checksum). {fix}")
             raise AgeKeyError(f"{what}: {hrp} recipients (plugins, post-quantum) are not supported. {fix}")
         try:
             return pyrage.x25519.Recipient.from_str(item)
@@ -493,11 +516,22 @@ def _parse_recipient(item: str, what: str) -> Recipient:
     if kind in _SSH_RECIPIENT_TYPES:
         try:
             return pyrage.ssh.Recipient.from_str(item)
-        except pyrage.RecipientError:
-            raise AgeKeyError(f"{what}: not a valid {kind} public key as age reads it. {fix}") from None
-    if kind.startswith(("ssh-", "ecdsa-", "sk-")):
+        except pyrage.RecipientError as exc:
+            raise AgeKeyError(f"{what}: {_ssh_reason(kind, str(exc))}. {fix}") from None
+    if kind in _SSH_KEY_TYPES:
         raise AgeKeyError(f"{what}: age does not encrypt to {kind} keys, only ssh-ed25519 and ssh-rsa. {fix}")
+    if kind.startswith(("ssh-", "ecdsa-", "sk-")):
+        raise AgeKeyError(f"{what}: not an SSH key type age knows (only ssh-ed25519 and ssh-rsa). {fix}")
     raise AgeKeyError(f"{what}: not an age recipient (it starts neither with age1 nor with ssh-). {fix}")
+
+
+def _ssh_reason(kind: str, text: str) -> str:
+    """Why rage refused an SSH public key; its error text (pinned by tests) names an RSA size it refuses."""
+    if "RsaModulusTooSmall" in text:
+        return "an RSA key under 2048 bits, which age refuses as too weak"
+    if "RsaModulusTooLarge" in text:
+        return "an RSA key over 4096 bits, which rage (the age library pgbkp uses) cannot encrypt to"
+    return f"not a valid {kind} public key as age reads it"
 
 
 _SSH_PRIVATE = (b"-----BEGIN OPENSSH PRIVATE KEY-----", b"-----BEGIN RSA PRIVATE KEY-----")
