@@ -8,6 +8,7 @@ The same on real servers, with the stock ``age`` CLI, 7z, bsdtar and psql: tests
 from __future__ import annotations
 
 import io
+import os
 import threading
 import zipfile
 from datetime import datetime
@@ -224,6 +225,30 @@ def test_recipients_file_is_read_at_load(tmp_path: Path) -> None:
         "nor with ssh-). Fix: give an age1… public key (age-keygen -y key.txt prints it) or an ssh-ed25519/ssh-rsa "
         "public key")
     assert ident is not None
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_a_recipients_file_that_is_no_regular_file_is_refused_unread(kind: str, tmp_path: Path) -> None:
+    """A FIFO with no writer would block start-up forever, /dev/zero would be read forever."""
+    path = {"fifo": tmp_path / "recipients", "device": Path("/dev/zero"), "directory": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    shown = {"fifo": "a FIFO", "device": "a device", "directory": "a directory"}[kind]
+    with pytest.raises(ConfigError) as err:
+        config.load({**ENV, "AGE_RECIPIENTS_FILE": str(path)})
+    assert str(err.value) == (f"AGE_RECIPIENTS_FILE: '{path}' is {shown}, not a regular file. Fix: point it at a "
+                              "file of age recipients, one per line.")
+
+
+def test_a_recipients_file_too_large_is_refused_not_cut(tmp_path: Path) -> None:
+    """Cut at 1 MiB, the recipients after the cut would silently get no access to the backups."""
+    _, recipient = new_key()
+    listing = tmp_path / "recipients.txt"
+    listing.write_text(f"# {'x' * (1 << 20)}\n{recipient}\n")
+    with pytest.raises(ConfigError) as err:
+        config.load({**ENV, "AGE_RECIPIENTS_FILE": str(listing)})
+    assert str(err.value) == (f"AGE_RECIPIENTS_FILE: '{listing}' is larger than 1024 KiB, far more than a list of "
+                              "public keys. Fix: point it at a file of age recipients, one per line.")
 
 
 def test_an_empty_age_field_is_an_error() -> None:

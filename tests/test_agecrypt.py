@@ -652,6 +652,25 @@ def test_unreadable_identity_file(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "too-large"])
+def test_an_identity_file_that_is_no_regular_file_or_too_large_is_refused_unread(kind: str, tmp_path: Path) -> None:
+    """A FIFO with no writer would block restore forever; /dev/zero would fill the memory."""
+    path = {"fifo": tmp_path / "key", "device": Path("/dev/zero"), "directory": tmp_path,
+            "too-large": tmp_path / "big"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "too-large":
+        path.write_bytes(b"#" * (ac.MAX_IDENTITY_BYTES + 1))
+    with pytest.raises(AgeKeyError) as caught:
+        ac.read_identity_file(path)
+    reason = {"fifo": "it is a FIFO, not a regular file. Fix: give a readable file",
+              "device": "it is a device or socket, not a regular file. Fix: give a readable file",
+              "directory": "it is a directory, not a regular file. Fix: give a readable file",
+              "too-large": "larger than 1024 KiB, which no identity file is. Fix: give the file age-keygen wrote, "
+                           "or an SSH private key"}[kind]
+    assert str(caught.value) == f"read identity file {path}: {reason}"
+
+
 def test_pyproject_requires_the_pinned_pyrage_range() -> None:
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert f"pyrage{ac.PYRAGE_RANGE}" in dependencies

@@ -21,7 +21,9 @@ public key, never a secret) before any work starts.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -605,10 +607,37 @@ def _parse_ssh_identity(data: bytes, source: str) -> Identity:
         ) from None
 
 
+#: An identity file is a few keys: even an RSA-16384 private key encrypted with age -p is under 20 KiB.
+MAX_IDENTITY_BYTES = 1 << 20
+
+
 def read_identity_file(path: str | Path, *, passphrase: str | None = None) -> list[Identity]:
-    """:func:`parse_identities` of a file, with a clear error when it cannot be read."""
+    """:func:`parse_identities` of a file, with a clear error when it cannot be read. A FIFO, a device or
+    a directory is refused unread (opening a FIFO waits for a writer; /dev/zero never ends), and so is a
+    file over :data:`MAX_IDENTITY_BYTES`, which is no identity file."""
     try:
-        data = Path(path).read_bytes()
+        data = _read_regular_file(path, MAX_IDENTITY_BYTES)
     except OSError as exc:
         raise AgeKeyError(f"read identity file {path}: {exc.strerror or exc}. Fix: give a readable file") from None
+    if data is None:
+        raise AgeKeyError(f"read identity file {path}: larger than {MAX_IDENTITY_BYTES // 1024} KiB, which no "
+                          "identity file is. Fix: give the file age-keygen wrote, or an SSH private key")
     return parse_identities(data, source=f"identity file {path}", passphrase=passphrase)
+
+
+def _read_regular_file(path: str | Path, limit: int) -> bytes | None:
+    """The content of a regular file, None when it is over ``limit`` bytes; OSError (with ``strerror``)
+    for anything else, without waiting on a FIFO or reading a device."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise OSError(0, f"it is {kind}, not a regular file")
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, 1 << 16)):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return None if size > limit else b"".join(chunks)
