@@ -23,6 +23,7 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyrage
 import pytest
 
 from pgbkp.archive import CorruptArchiveError, WrongPasswordError, ZipStreamWriter, iter_member
@@ -345,6 +346,39 @@ def test_trailing_bytes_after_a_full_final_chunk(keys: dict[str, Key], tmp_path:
         f"decrypt age stream: bytes follow age's final chunk (after {2 * CHUNK_SIZE} bytes of plaintext)"
     )
     assert outcome.data == whole
+
+
+class EndlessHeader:
+    """An object that starts like age and whose first recipient line runs on for 64 MiB (a hostile object)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def read(self, size: int) -> bytes:
+        data = b"age-encryption.org/v1\n-> X25519 " if not self.sent else b"A" * min(size, (64 << 20) - self.sent)
+        self.sent += len(data)
+        return data
+
+
+def test_an_endless_header_is_refused_within_a_bound(keys: dict[str, Key]) -> None:
+    """rage buffers the header whole: without our bound, memory grows with the object (300 MiB: 325 MiB RSS)."""
+    source = EndlessHeader()
+    with pytest.raises(AgeHeaderError) as caught:
+        AgeReader(source, ac.read_identity_file(keys["x25519"].identity), name="s3://b/k")
+    assert str(caught.value) == (
+        "decrypt age s3://b/k: no age header ends within the first 16 MiB (a real one is about 100 bytes per "
+        "recipient): not an age file, or a hostile one")
+    read_size = 1 << 20
+    assert ac.MAX_HEADER_BYTES + 2 * CHUNK_SIZE < source.sent <= ac.MAX_HEADER_BYTES + 2 * CHUNK_SIZE + read_size
+    assert [t.name for t in threading.enumerate() if t.name.startswith("age-")] == []
+
+
+def test_a_header_of_1000_recipients_opens(keys: dict[str, Key]) -> None:
+    others = [str(pyrage.x25519.Identity.generate().to_public()) for _ in range(999)]
+    data = encrypt(PAYLOAD[:1000], [*others, keys["x25519"].recipient])
+    assert header_length(data) > 90_000
+    outcome = decrypt(data, ac.read_identity_file(keys["x25519"].identity))
+    assert outcome.error is None and outcome.data == PAYLOAD[:1000]
 
 
 def test_a_zip_is_not_an_age_file(keys: dict[str, Key]) -> None:

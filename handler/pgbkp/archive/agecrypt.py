@@ -58,6 +58,9 @@ PYRAGE_RANGE = ">=1.4,<2"
 CHUNK_SIZE = 64 * 1024  # age's payload chunk of plaintext (each is followed by a 16-byte Poly1305 tag)
 MAGIC = b"age-encryption.org/v1\n"
 ARMOR = b"-----BEGIN AGE ENCRYPTED FILE-----"
+#: rage buffers the whole header before it can parse it, and sets no limit: a hostile object of one endless
+#: header line would fill the memory. A real header is ~100 bytes per recipient (1000 recipients: 98 KB).
+MAX_HEADER_BYTES = 16 << 20
 
 #: pyrage recipient and identity objects (x25519 or ssh); pyrage ships no type information.
 Recipient = Any
@@ -391,6 +394,12 @@ class AgeReader:
                 out = self._pump.feed(None)
         for piece in out:
             self._buffer += piece
+        # Nothing out yet, long past any header and the first chunk: refuse before rage buffers more of it.
+        if not self._pump.produced and not self._pump.done and self.bytes_in > MAX_HEADER_BYTES + 2 * CHUNK_SIZE:
+            self._failed = AgeHeaderError(
+                f"decrypt age {self._name}: no age header ends within the first {MAX_HEADER_BYTES >> 20} MiB "
+                "(a real one is about 100 bytes per recipient): not an age file, or a hostile one")
+            raise self._failed
         if self._pump.done:
             self._pump.finish()  # the thread has returned from pyrage; let it end before we report the outcome
 
