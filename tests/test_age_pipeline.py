@@ -251,6 +251,32 @@ def test_a_recipients_file_too_large_is_refused_not_cut(tmp_path: Path) -> None:
                               "public keys. Fix: point it at a file of age recipients, one per line.")
 
 
+def test_an_identity_where_backups_are_made_is_a_warning_naming_only_the_settings(
+        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    ident, recipient = new_key()
+    secret = str(ident)
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(secret + "\n")
+    source = FakeDumpSource({"main": [FakeDatabase("app", b"-- app\n")]})
+    store = MemoryStorage([BUCKET])
+    env = {**ENV, "AGE_RECIPIENTS": recipient, "AGE_IDENTITY_FILE": str(key_file),
+           "AGE_IDENTITY_PASSPHRASE": "a passphrase nobody should see"}
+    with caplog.at_level("WARNING", logger="pgbkp.pipeline"):
+        handler_core.handle({"connection": "main"}, config=config.load(env), edge=edge_for(store, source))
+    assert [r.getMessage() for r in caplog.records if r.name == "pgbkp.pipeline"] == [
+        "AGE_IDENTITY_FILE and AGE_IDENTITY_PASSPHRASE are set where backups are made: whoever takes over this "
+        "machine or role can read every .zip.age backup, which age is there to prevent. Fix: unset them for backups; "
+        "keep the identity only where you restore or verify (docs/age.md)"]
+    assert secret not in caplog.text and "nobody should see" not in caplog.text and str(key_file) not in caplog.text
+    assert len(store.objects[BUCKET]) == 1  # a warning, not a refusal
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pgbkp.pipeline"):
+        handler_core.handle({"connection": "main"}, config=config.load({**ENV, "AGE_RECIPIENTS": recipient}),
+                            edge=edge_for(MemoryStorage([BUCKET]), source))
+    assert [r for r in caplog.records if r.name == "pgbkp.pipeline"] == []
+
+
 def test_an_empty_age_field_is_an_error() -> None:
     with pytest.raises(ConfigError, match=r"^PG_URLS item 1 \(main\): field 'age' is empty\. Fix: .*age=off"):
         config.load({**ENV, "PG_URLS": "main|age=|postgres://u@db.invalid/postgres"})
