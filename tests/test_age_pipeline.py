@@ -85,6 +85,29 @@ def test_a_failed_dump_under_age_leaves_no_object_no_upload_and_no_thread() -> N
     assert store.objects[BUCKET] == {} and store.pending == {} and age_threads() == []
 
 
+def test_a_stop_mid_stream_under_age_leaves_no_object_no_upload_and_no_thread() -> None:
+    """SIGTERM's path (the edge's stop request) after age has sent whole chunks into the upload."""
+    _, recipient = new_key()
+    stop = threading.Event()
+    store = MemoryStorage([BUCKET])
+
+    def stop_once_age_wrote(where: str, reads: int) -> None:
+        if reads == 20:  # 1.3 MB of dump read, several age chunks of ZIP written: the upload is open
+            assert len(store.pending) == 1 and age_threads() == ["age-encrypt"]
+            stop.set()
+
+    source = FakeDumpSource({"main": [FakeDatabase("app", BODY), FakeDatabase("next", b"-- next\n")]},
+                            chunk=1 << 16, on_read=stop_once_age_wrote)
+    edge = handler_core.Edge(storage_for=lambda conn: store, source=source, should_stop=stop.is_set)
+    with pytest.raises(handler_core.BackupFailedError) as err:
+        handler_core.handle({"connection": "main"}, config=config.load({**ENV, "AGE_RECIPIENTS": recipient}),
+                            edge=edge)
+    app, following = err.value.summary["results"]
+    assert app["error"] == f"backup s3://{BUCKET}/{app['key']}: stopped before the dump finished"
+    assert following["error"] == f"backup s3://{BUCKET}/{following['key']}: not started: the run was asked to stop"
+    assert store.objects[BUCKET] == {} and store.pending == {} and age_threads() == []
+
+
 def test_age_per_connection_and_off_for_one() -> None:
     ident_global, global_recipient = new_key()
     ident_own, own_recipient = new_key()
