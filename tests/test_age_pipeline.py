@@ -341,3 +341,27 @@ def test_lambda_reads_recipients_and_a_verify_identity_from_secrets() -> None:
     assert str(ident) not in redact(f"leak? {ident}")
     with pytest.raises(restore.IdentityError, match=r"both AGE_IDENTITY_FILE and AGE_IDENTITY are set\. Fix: keep one"):
         restore.AgeIdentities({**verify_env, "AGE_IDENTITY_FILE": "/k.txt"}).get("s3://b/k.zip.age")
+
+
+def test_an_identity_that_cannot_be_opened_is_tried_once_per_verify(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify asks for the identity per backup; with a wrong passphrase each try costs an scrypt (about a
+    second), so a failure is kept. (A file that is no identity here: the same path, without the scrypt.)"""
+    broken = tmp_path / "key.txt"
+    broken.write_text("AGE-SECRET-KEY-1NOTAKEY\n")
+    opened: list[str] = []
+    real = restore.read_identity_file
+
+    def counting(path: str, *, passphrase: str | None = None) -> list[object]:
+        opened.append(path)
+        return real(path, passphrase=passphrase)
+
+    identities = restore.AgeIdentities({"AGE_IDENTITY_FILE": str(broken)})
+    monkeypatch.setattr(restore, "read_identity_file", counting)
+    for url in ("s3://b/one.zip.age", "s3://b/two.zip.age"):
+        with pytest.raises(restore.IdentityError) as err:
+            identities.get(url)
+        assert str(err.value) == (
+            f"restore {url}: the backup is encrypted with age (.zip.age): identity file {broken}, line 1: not a "
+            "valid age secret key (bad encoding or checksum); nothing was read or sent.")
+    assert opened == [str(broken)]
