@@ -381,6 +381,22 @@ def test_a_header_of_1000_recipients_opens(keys: dict[str, Key]) -> None:
     assert outcome.error is None and outcome.data == PAYLOAD[:1000]
 
 
+def test_an_armored_file_opens_and_its_damage_is_corruption(keys: dict[str, Key], tmp_path: Path) -> None:
+    """``age -a`` writes PEM armor, which ``age -d`` (and rage) read too; damage to the armor is a corrupt
+    object (restore's IntegrityError), like damage anywhere else."""
+    (tmp_path / "payload").write_bytes(PAYLOAD)
+    run(tool("age"), "-a", "-r", keys["x25519"].recipient, "-o", tmp_path / "payload.age", tmp_path / "payload")
+    armored = (tmp_path / "payload.age").read_bytes()
+    identities = ac.read_identity_file(keys["x25519"].identity)
+    assert decrypt(armored, identities).data == PAYLOAD
+    end = armored.index(b"-----END")
+    for damaged, reason in ((armored + b"garbage\n", "(non-whitespace characters after end marker)"),
+                            (armored[:end], "(not wrapped at 64 characters)")):
+        outcome = decrypt(damaged, identities)
+        assert isinstance(outcome.error, ac.AgeCorruptError)
+        assert str(outcome.error) == f"decrypt age stream: the armored age file is damaged {reason}"
+
+
 def test_a_zip_is_not_an_age_file(keys: dict[str, Key]) -> None:
     outcome = decrypt(b"PK\x03\x04" + bytes(200), ac.read_identity_file(keys["x25519"].identity))
     assert isinstance(outcome.error, AgeHeaderError)

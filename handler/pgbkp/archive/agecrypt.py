@@ -442,6 +442,9 @@ class AgeReader:
             return AgeTrailingDataError(
                 f"{where}: bytes follow age's final chunk (after {produced} bytes of plaintext)"
             )
+        if text.startswith("invalid armor"):  # rage's ArmoredReader, reading an armored (PEM) age file
+            detail = text.removeprefix("invalid armor").strip()
+            return AgeCorruptError(f"{where}: the armored age file is damaged" + (f" {detail}" if detail else ""))
         return AgeError(f"{where}: {type(exc).__name__}: {text}")
 
 
