@@ -645,9 +645,10 @@ class AgeIdentities:
         return self._loaded
 
     def _load(self) -> list[Identity]:
-        path = setting(self._env, "AGE_IDENTITY_FILE")
-        content = setting(self._env, "AGE_IDENTITY")
-        passphrase = setting(self._env, "AGE_IDENTITY_PASSPHRASE")
+        env = self._env  # named env: tests/test_compose.py finds the variables read as setting(env, "X")
+        path = setting(env, "AGE_IDENTITY_FILE")
+        content = setting(env, "AGE_IDENTITY")
+        passphrase = setting(env, "AGE_IDENTITY_PASSPHRASE")
         if passphrase:
             Secret(passphrase)  # registered, so that the scrubber catches it anywhere
         if content:  # each key line too: the scrubber matches whole values
