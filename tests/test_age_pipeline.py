@@ -365,3 +365,25 @@ def test_an_identity_that_cannot_be_opened_is_tried_once_per_verify(tmp_path: Pa
             f"restore {url}: the backup is encrypted with age (.zip.age): identity file {broken}, line 1: not a "
             "valid age secret key (bad encoding or checksum); nothing was read or sent.")
     assert opened == [str(broken)]
+
+
+def test_the_globals_backup_under_age_is_a_zip_age_that_restore_globals_reads() -> None:
+    """restore --globals takes the same age path (verify without --scratch-url: read and checked only)."""
+    ident, recipient = new_key()
+    dump = b"CREATE ROLE app;\n--\n-- PostgreSQL database cluster dump complete\n--\n\n"
+    source = FakeDumpSource({"main": [FakeDatabase("app", b"-- app\n")]},
+                            globals={"main": FakeDatabase(keys.GLOBALS, dump)})
+    store = MemoryStorage([BUCKET])
+    cfg = config.load({**ENV, "AGE_RECIPIENTS": recipient, "BACKUP_GLOBALS": "true"})
+    summary = handler_core.handle({"connection": "main"}, config=cfg, edge=edge_for(store, source))
+    [glob] = [r for r in summary["results"] if r["kind"] == "globals"]
+    assert glob["key"].endswith("y.zip.age") and glob["status"] == "ok"
+    ref = restore.select_backup(cfg, "main", globals_only=True, storage=store)
+    assert ref.key == glob["key"] and ref.format == "zip.age"
+
+    done = restore.restore_globals(cfg, ref, None, storage=store,
+                                   identities=restore.AgeIdentities({"AGE_IDENTITY": str(ident)}))
+    assert done.checks[:2] == ["age authentication (every 64 KiB chunk)", "ZIP CRC-32"]
+    with pytest.raises(restore.IdentityError, match=r"no identity matches"):
+        restore.restore_globals(cfg, ref, None, storage=store,
+                                identities=restore.AgeIdentities({"AGE_IDENTITY": str(new_key()[0])}))
