@@ -637,8 +637,8 @@ def test_an_unknown_key_type_or_lookalike_is_shown_by_length_only(item: str) -> 
 
 def test_recipients_with_crlf_a_bom_and_duplicates_parse(keys: dict[str, Key]) -> None:
     good, ssh = keys["x25519"].recipient, keys["ssh-ed25519"].recipient
-    recipients = ac.parse_recipients(f"\ufeff{good}\r\n{ssh}\r\n{good}\r\n")
-    assert [str(r) for r in recipients[::2]] == [good, good] and len(recipients) == 3
+    recipients = ac.parse_recipients(f"\ufeff{good}\r\n{ssh}\r\n{good}\r\n{ssh} laptop private key\r\n")
+    assert [str(r) for r in recipients[::2]] == [good, good] and len(recipients) == 4  # a comment is a comment
 
 
 def test_parse_recipients_empty() -> None:

@@ -316,7 +316,7 @@ def test_the_age_recipients_parameter_refuses_a_private_key(template: dict[str, 
     """CloudFormation matches AllowedPattern against the whole value (Java regex; the same in Python here)."""
     pattern = re.compile(template["Parameters"]["AgeRecipients"]["AllowedPattern"])
     public = "age1x27jhtn9fsmuvq0wzyfdk3hhla5urcythz44ug7j8sx97hkdv3nsuu99z9"
-    for allowed in ("", public, f"{public},ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOqK restore, team"):
+    for allowed in ("", public, f"{public},ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOqK restore, team private key"):
         assert pattern.fullmatch(allowed), allowed
     secret = "AGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX"
     for refused in (secret, f"{public},{secret}", f"{public},{secret.lower()}",

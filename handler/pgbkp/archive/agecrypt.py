@@ -458,7 +458,7 @@ _SSH_KEY_TYPES = frozenset({
     "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
 })
 #: Where a private key given by mistake starts: it is split off its neighbours and never shown.
-_PRIVATE_MARKS = ("AGE-SECRET-KEY-", "AGE-PLUGIN-", "-----BEGIN", "PRIVATE KEY")
+_PRIVATE_MARKS = ("AGE-SECRET-KEY-", "AGE-PLUGIN-", "-----BEGIN", "-----END")
 _SPLIT = re.compile(r"\s*,\s*(?=age1|ssh-|ecdsa-|sk-|age-secret-key-|age-plugin-|-----begin)", re.IGNORECASE)
 #: The part of an ``age1…`` recipient before its last ``1`` that names a plugin or post-quantum type.
 _HRP = re.compile(r"age1[a-z0-9]{0,24}")
