@@ -703,8 +703,8 @@ def test_unreadable_identity_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["fifo", "device", "directory", "too-large"])
-def test_an_identity_file_that_is_no_regular_file_or_too_large_is_refused_unread(kind: str, tmp_path: Path) -> None:
-    """A FIFO with no writer would block restore forever; /dev/zero would fill the memory."""
+def test_an_identity_file_that_is_no_file_or_too_large_is_refused_without_waiting(kind: str, tmp_path: Path) -> None:
+    """A FIFO with no writer used to block restore forever, /dev/zero to fill the memory."""
     path = {"fifo": tmp_path / "key", "device": Path("/dev/zero"), "directory": tmp_path,
             "too-large": tmp_path / "big"}[kind]
     if kind == "fifo":
@@ -713,12 +713,27 @@ def test_an_identity_file_that_is_no_regular_file_or_too_large_is_refused_unread
         path.write_bytes(b"#" * (ac.MAX_IDENTITY_BYTES + 1))
     with pytest.raises(AgeKeyError) as caught:
         ac.read_identity_file(path)
-    reason = {"fifo": "it is a FIFO, not a regular file. Fix: give a readable file",
-              "device": "it is a device or socket, not a regular file. Fix: give a readable file",
-              "directory": "it is a directory, not a regular file. Fix: give a readable file",
-              "too-large": "larger than 1024 KiB, which no identity file is. Fix: give the file age-keygen wrote, "
-                           "or an SSH private key"}[kind]
-    assert str(caught.value) == f"read identity file {path}: {reason}"
+    said = {"fifo": f"identity file {path}: holds no identity. Fix: give the file age-keygen wrote (AGE-SECRET-KEY-1…)",
+            "device": f"read identity file {path}: it is a device or socket, not a regular file. Fix: give a "
+                      "readable file",
+            "directory": f"read identity file {path}: it is a directory, not a regular file. Fix: give a readable "
+                         "file",
+            "too-large": f"read identity file {path}: larger than 1024 KiB, which no identity file is. Fix: give the "
+                         "file age-keygen wrote, or an SSH private key"}[kind]
+    assert str(caught.value) == said
+
+
+def test_an_identity_from_a_pipe_is_read(keys: dict[str, Key]) -> None:
+    """``AGE_IDENTITY_FILE=<(pass show age-key)``: the shell passes a pipe, /dev/fd/N; the key never touches disk."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, keys["x25519"].identity.read_bytes())
+        os.close(write_end)
+        [identity] = ac.read_identity_file(f"/dev/fd/{read_end}")
+    finally:
+        os.close(read_end)
+    assert pyrage.decrypt(pyrage.encrypt(b"x", [pyrage.x25519.Recipient.from_str(keys["x25519"].recipient)]),
+                          [identity]) == b"x"
 
 
 def test_pyproject_requires_the_pinned_pyrage_range() -> None:

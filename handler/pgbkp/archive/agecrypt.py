@@ -624,11 +624,12 @@ MAX_IDENTITY_BYTES = 1 << 20
 
 
 def read_identity_file(path: str | Path, *, passphrase: str | None = None) -> list[Identity]:
-    """:func:`parse_identities` of a file, with a clear error when it cannot be read. A FIFO, a device or
-    a directory is refused unread (opening a FIFO waits for a writer; /dev/zero never ends), and so is a
-    file over :data:`MAX_IDENTITY_BYTES`, which is no identity file."""
+    """:func:`parse_identities` of a file, with a clear error when it cannot be read. A pipe is read, so
+    that ``AGE_IDENTITY_FILE=<(pass show age-key)`` keeps the key off the disk, but a named FIFO is opened
+    without waiting for a writer (with none, it reads as empty); a device or a directory is refused unread
+    (/dev/zero never ends), and so is anything over :data:`MAX_IDENTITY_BYTES`, which is no identity file."""
     try:
-        data = _read_regular_file(path, MAX_IDENTITY_BYTES)
+        data = _read_small_file(path, MAX_IDENTITY_BYTES)
     except OSError as exc:
         raise AgeKeyError(f"read identity file {path}: {exc.strerror or exc}. Fix: give a readable file") from None
     if data is None:
@@ -637,15 +638,16 @@ def read_identity_file(path: str | Path, *, passphrase: str | None = None) -> li
     return parse_identities(data, source=f"identity file {path}", passphrase=passphrase)
 
 
-def _read_regular_file(path: str | Path, limit: int) -> bytes | None:
-    """The content of a regular file, None when it is over ``limit`` bytes; OSError (with ``strerror``)
-    for anything else, without waiting on a FIFO or reading a device."""
+def _read_small_file(path: str | Path, limit: int) -> bytes | None:
+    """The content of a regular file or a pipe, None when it is over ``limit`` bytes; OSError (with
+    ``strerror``) for anything else, without waiting on a FIFO that has no writer or reading a device."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a device or socket"
             raise OSError(0, f"it is {kind}, not a regular file")
+        os.set_blocking(fd, True)  # opened: a pipe's reads now wait for its writer, or end when it has none
         chunks, size = [], 0
         while size <= limit and (chunk := os.read(fd, 1 << 16)):
             chunks.append(chunk)

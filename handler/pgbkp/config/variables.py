@@ -251,17 +251,19 @@ MAX_RECIPIENTS_FILE_BYTES = 1 << 20
 
 def _recipients_file(value: str, name: str) -> tuple[str, str]:
     """(where, text): the file is read now, so that a missing one fails at start-up; its content is public
-    keys, checked with pyrage when a backup starts (pgbkp.pipeline.age_recipients). A FIFO or a device is
-    refused unread (a FIFO would wait for a writer, /dev/zero never ends), a file too large is refused
-    whole (cutting it would drop recipients without a word)."""
+    keys, checked with pyrage when a backup starts (pgbkp.pipeline.age_recipients). A pipe is read (as
+    ``age -R <(…)``), but a named FIFO is opened without waiting for a writer (none: it reads as empty); a
+    device or a directory is refused unread (/dev/zero never ends); a file too large is refused whole
+    (cutting it would drop recipients without a word)."""
     try:
         fd = os.open(value, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         try:
             mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device"
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+                kind = "a directory" if stat.S_ISDIR(mode) else "a device"
                 raise ConfigError(f"{name}: {show(value, 200)} is {kind}, not a regular file. Fix: point it at a "
                                   "file of age recipients, one per line.")
+            os.set_blocking(fd, True)  # opened: a pipe's reads now wait for its writer, or end when it has none
             data = os.read(fd, MAX_RECIPIENTS_FILE_BYTES + 1)
             while len(data) <= MAX_RECIPIENTS_FILE_BYTES and (more := os.read(fd, 1 << 16)):
                 data += more
