@@ -8,6 +8,7 @@ every test reads it or a damaged copy of it.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import uuid
@@ -18,6 +19,8 @@ import pytest
 
 from pgbkp import config as config_mod
 from pgbkp import integrity, keys, restore
+from pgbkp.archive import ZipStreamWriter, iter_member
+from pgbkp.archive.agecrypt import AgeReader, AgeWriter, parse_recipients, read_identity_file
 from tests.helpers import HOSTILE_SQL, all_keys, dump_sql, pending_uploads, run_cli, s3_client
 from tests.servers import PgCluster, S3Server
 from tests.test_agecrypt import PASSPHRASE, Key, protect_with_age_p, run, tool
@@ -207,6 +210,64 @@ def test_damage_and_wrong_identity_are_refused_and_the_target_is_untouched(
         assert created not in pg.databases()
     finally:
         pg.drop_database(target)
+
+
+AGE_CHUNK = 64 * 1024 + 16  # a payload chunk on the wire: 64 KiB of plaintext and its 16-byte tag
+
+
+@pytest.mark.parametrize("how", ["chunk boundary", "shell command"])
+def test_hostile_objects_are_refused_and_the_target_is_untouched(
+        how: str, pg: PgCluster, s3_server: S3Server, backup: Backup, age_keys: dict[str, Key],
+        tmp_path: Path) -> None:
+    """The object cut on a chunk boundary (age sees the cut only by the missing last-chunk flag, after two
+    chunks of SQL went to psql), and a genuine age file whose ZIP carries ``\\!``: age proves only that
+    it was written to our recipients, so the guard against psql meta-commands must still hold behind it.
+    (Trailing bytes and an empty object: tests/test_agecrypt.py, on the reader.)"""
+    identity = age_keys["x25519"].identity
+    marker = tmp_path / "pwned"
+    if how == "shell command":
+        plain = age_decrypt(backup.body, identity)
+        sql = b"".join(iter_member(io.BytesIO(plain)))
+        body = seal(sql.replace(b"\nSET ", f"\n\\! touch {marker}\nSET ".encode(), 1), age_keys["x25519"].recipient,
+                    keys.member_name(backup.key))
+    else:
+        start = header_length(backup.body) + 16  # the payload nonce, then the chunks
+        assert len(backup.body) > start + 3 * AGE_CHUNK
+        body = backup.body[:start + 2 * AGE_CHUNK]
+    key = store_copy(s3_server, backup, body, how.replace(" ", "-"))
+    env = restore_env(backup, identity)
+    cfg = config_mod.load(env)
+    store = s3_store(cfg)
+    ref = restore.select_backup(cfg, PREFIX, key=f"s3://{backup.bucket}/{key}", storage=store)
+    target = marked_target(pg)
+    expected = {
+        "chunk boundary": (restore.IntegrityError, r"ends after 131072 bytes of plaintext without age's final chunk"),
+        "shell command": (restore.RestoreError, r"the backup contains a psql meta-command \(line 10: .! touch "),
+    }[how]
+    try:
+        with pytest.raises(expected[0], match=expected[1] + ".*nothing was committed") as err:
+            restore.restore(cfg, PREFIX, ref, pg.url(target), force=True, storage=store)
+        assert "\n" not in str(err.value)
+        assert user_objects(pg, target) == "public.marker" and pg.psql("SELECT v FROM marker", target) == "7"
+        assert not marker.exists()
+    finally:
+        pg.drop_database(target)
+
+
+def age_decrypt(body: bytes, identity: Path) -> bytes:
+    reader = AgeReader(io.BytesIO(body), read_identity_file(identity))
+    return b"".join(iter(lambda: reader.read(1 << 20), b""))
+
+
+def seal(sql: bytes, recipient: str, member: str) -> bytes:
+    """``sql`` as our backups hold it: a ZIP (with its integrity record) encrypted as one age file."""
+    out = io.BytesIO()
+    outer = AgeWriter(out, parse_recipients(recipient))
+    with ZipStreamWriter(outer, member, level=6, threads=1) as writer:
+        writer.write(sql)
+        writer.close()
+    outer.close()
+    return out.getvalue()
 
 
 def test_a_missing_identity_is_one_line_with_the_fix(pg: PgCluster, backup: Backup, age_keys: dict[str, Key],

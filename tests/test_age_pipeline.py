@@ -8,6 +8,7 @@ The same on real servers, with the stock ``age`` CLI, 7z, bsdtar and psql: tests
 from __future__ import annotations
 
 import io
+import os
 import threading
 import zipfile
 from datetime import datetime
@@ -81,6 +82,29 @@ def test_a_failed_dump_under_age_leaves_no_object_no_upload_and_no_thread() -> N
         handler_core.handle({"connection": "main"}, config=config.load(env), edge=edge_for(store, source))
     [shop] = err.value.summary["results"]
     assert shop["error"] == "pg_dump 'shop': connection lost; the dump is incomplete"
+    assert store.objects[BUCKET] == {} and store.pending == {} and age_threads() == []
+
+
+def test_a_stop_mid_stream_under_age_leaves_no_object_no_upload_and_no_thread() -> None:
+    """SIGTERM's path (the edge's stop request) after age has sent whole chunks into the upload."""
+    _, recipient = new_key()
+    stop = threading.Event()
+    store = MemoryStorage([BUCKET])
+
+    def stop_once_age_wrote(where: str, reads: int) -> None:
+        if reads == 20:  # 1.3 MB of dump read, several age chunks of ZIP written: the upload is open
+            assert len(store.pending) == 1 and age_threads() == ["age-encrypt"]
+            stop.set()
+
+    source = FakeDumpSource({"main": [FakeDatabase("app", BODY), FakeDatabase("next", b"-- next\n")]},
+                            chunk=1 << 16, on_read=stop_once_age_wrote)
+    edge = handler_core.Edge(storage_for=lambda conn: store, source=source, should_stop=stop.is_set)
+    with pytest.raises(handler_core.BackupFailedError) as err:
+        handler_core.handle({"connection": "main"}, config=config.load({**ENV, "AGE_RECIPIENTS": recipient}),
+                            edge=edge)
+    app, following = err.value.summary["results"]
+    assert app["error"] == f"backup s3://{BUCKET}/{app['key']}: stopped before the dump finished"
+    assert following["error"] == f"backup s3://{BUCKET}/{following['key']}: not started: the run was asked to stop"
     assert store.objects[BUCKET] == {} and store.pending == {} and age_threads() == []
 
 
@@ -226,6 +250,71 @@ def test_recipients_file_is_read_at_load(tmp_path: Path) -> None:
     assert ident is not None
 
 
+@pytest.mark.parametrize("kind", ["device", "directory"])
+def test_a_recipients_file_that_is_no_file_is_refused_unread(kind: str, tmp_path: Path) -> None:
+    """/dev/zero used to be read at start-up until the 1 MiB cut, then parsed as one recipient."""
+    path = {"device": Path("/dev/zero"), "directory": tmp_path}[kind]
+    with pytest.raises(ConfigError) as err:
+        config.load({**ENV, "AGE_RECIPIENTS_FILE": str(path)})
+    assert str(err.value) == (f"AGE_RECIPIENTS_FILE: '{path}' is a {kind}, not a regular file. Fix: point it at a "
+                              "file of age recipients, one per line.")
+
+
+def test_a_recipients_file_may_be_a_pipe_and_a_fifo_never_blocks(tmp_path: Path) -> None:
+    """``age -R <(…)`` reads a pipe; a named FIFO nobody writes to used to block start-up forever."""
+    _, recipient = new_key()
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, f"# from a pipe\n{recipient}\n".encode())
+        os.close(write_end)
+        cfg = config.load({**ENV, "AGE_RECIPIENTS_FILE": f"/dev/fd/{read_end}"})
+    finally:
+        os.close(read_end)
+    assert len(pipeline.age_recipients(cfg, cfg.connections[0]) or []) == 1
+    fifo = tmp_path / "recipients"
+    os.mkfifo(fifo)
+    empty = config.load({**ENV, "AGE_RECIPIENTS_FILE": str(fifo)})
+    with pytest.raises(ConfigError, match=rf"^AGE_RECIPIENTS_FILE {fifo}: no recipient\. Fix: "):
+        pipeline.age_recipients(empty, empty.connections[0])
+
+
+def test_a_recipients_file_too_large_is_refused_not_cut(tmp_path: Path) -> None:
+    """Cut at 1 MiB, the recipients after the cut would silently get no access to the backups."""
+    _, recipient = new_key()
+    listing = tmp_path / "recipients.txt"
+    listing.write_text(f"# {'x' * (1 << 20)}\n{recipient}\n")
+    with pytest.raises(ConfigError) as err:
+        config.load({**ENV, "AGE_RECIPIENTS_FILE": str(listing)})
+    assert str(err.value) == (f"AGE_RECIPIENTS_FILE: '{listing}' is larger than 1024 KiB, far more than a list of "
+                              "public keys. Fix: point it at a file of age recipients, one per line.")
+
+
+def test_an_identity_where_backups_are_made_is_a_warning_naming_only_the_settings(
+        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    ident, recipient = new_key()
+    secret = str(ident)
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(secret + "\n")
+    source = FakeDumpSource({"main": [FakeDatabase("app", b"-- app\n")]})
+    store = MemoryStorage([BUCKET])
+    env = {**ENV, "AGE_RECIPIENTS": recipient, "AGE_IDENTITY_FILE": str(key_file),
+           "AGE_IDENTITY_PASSPHRASE": "a passphrase nobody should see"}
+    with caplog.at_level("WARNING", logger="pgbkp.pipeline"):
+        handler_core.handle({"connection": "main"}, config=config.load(env), edge=edge_for(store, source))
+    assert [r.getMessage() for r in caplog.records if r.name == "pgbkp.pipeline"] == [
+        "AGE_IDENTITY_FILE and AGE_IDENTITY_PASSPHRASE are set where backups are made: whoever takes over this "
+        "machine or role can read every .zip.age backup, which age is there to prevent. Fix: unset them for backups; "
+        "keep the identity only where you restore or verify (docs/age.md)"]
+    assert secret not in caplog.text and "nobody should see" not in caplog.text and str(key_file) not in caplog.text
+    assert len(store.objects[BUCKET]) == 1  # a warning, not a refusal
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pgbkp.pipeline"):
+        handler_core.handle({"connection": "main"}, config=config.load({**ENV, "AGE_RECIPIENTS": recipient}),
+                            edge=edge_for(MemoryStorage([BUCKET]), source))
+    assert [r for r in caplog.records if r.name == "pgbkp.pipeline"] == []
+
+
 def test_an_empty_age_field_is_an_error() -> None:
     with pytest.raises(ConfigError, match=r"^PG_URLS item 1 \(main\): field 'age' is empty\. Fix: .*age=off"):
         config.load({**ENV, "PG_URLS": "main|age=|postgres://u@db.invalid/postgres"})
@@ -267,3 +356,49 @@ def test_lambda_reads_recipients_and_a_verify_identity_from_secrets() -> None:
     assert str(ident) not in redact(f"leak? {ident}")
     with pytest.raises(restore.IdentityError, match=r"both AGE_IDENTITY_FILE and AGE_IDENTITY are set\. Fix: keep one"):
         restore.AgeIdentities({**verify_env, "AGE_IDENTITY_FILE": "/k.txt"}).get("s3://b/k.zip.age")
+
+
+def test_an_identity_that_cannot_be_opened_is_tried_once_per_verify(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify asks for the identity per backup; with a wrong passphrase each try costs an scrypt (about a
+    second), so a failure is kept. (A file that is no identity here: the same path, without the scrypt.)"""
+    broken = tmp_path / "key.txt"
+    broken.write_text("AGE-SECRET-KEY-1NOTAKEY\n")
+    opened: list[str] = []
+    real = restore.read_identity_file
+
+    def counting(path: str, *, passphrase: str | None = None) -> list[object]:
+        opened.append(path)
+        return real(path, passphrase=passphrase)
+
+    identities = restore.AgeIdentities({"AGE_IDENTITY_FILE": str(broken)})
+    monkeypatch.setattr(restore, "read_identity_file", counting)
+    for url in ("s3://b/one.zip.age", "s3://b/two.zip.age"):
+        with pytest.raises(restore.IdentityError) as err:
+            identities.get(url)
+        assert str(err.value) == (
+            f"restore {url}: the backup is encrypted with age (.zip.age): identity file {broken}, line 1: not a "
+            "valid age secret key (bad encoding or checksum); nothing was read or sent.")
+    assert opened == [str(broken)]
+
+
+def test_the_globals_backup_under_age_is_a_zip_age_that_restore_globals_reads() -> None:
+    """restore --globals takes the same age path (verify without --scratch-url: read and checked only)."""
+    ident, recipient = new_key()
+    dump = b"CREATE ROLE app;\n--\n-- PostgreSQL database cluster dump complete\n--\n\n"
+    source = FakeDumpSource({"main": [FakeDatabase("app", b"-- app\n")]},
+                            globals={"main": FakeDatabase(keys.GLOBALS, dump)})
+    store = MemoryStorage([BUCKET])
+    cfg = config.load({**ENV, "AGE_RECIPIENTS": recipient, "BACKUP_GLOBALS": "true"})
+    summary = handler_core.handle({"connection": "main"}, config=cfg, edge=edge_for(store, source))
+    [glob] = [r for r in summary["results"] if r["kind"] == "globals"]
+    assert glob["key"].endswith("y.zip.age") and glob["status"] == "ok"
+    ref = restore.select_backup(cfg, "main", globals_only=True, storage=store)
+    assert ref.key == glob["key"] and ref.format == "zip.age"
+
+    done = restore.restore_globals(cfg, ref, None, storage=store,
+                                   identities=restore.AgeIdentities({"AGE_IDENTITY": str(ident)}))
+    assert done.checks[:2] == ["age authentication (every 64 KiB chunk)", "ZIP CRC-32"]
+    with pytest.raises(restore.IdentityError, match=r"no identity matches"):
+        restore.restore_globals(cfg, ref, None, storage=store,
+                                identities=restore.AgeIdentities({"AGE_IDENTITY": str(new_key()[0])}))

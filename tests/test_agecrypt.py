@@ -8,6 +8,7 @@ plaintext before it returned exactly and nothing of it.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -22,6 +23,7 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyrage
 import pytest
 
 from pgbkp.archive import CorruptArchiveError, WrongPasswordError, ZipStreamWriter, iter_member
@@ -346,6 +348,55 @@ def test_trailing_bytes_after_a_full_final_chunk(keys: dict[str, Key], tmp_path:
     assert outcome.data == whole
 
 
+class EndlessHeader:
+    """An object that starts like age and whose first recipient line runs on for 64 MiB (a hostile object)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def read(self, size: int) -> bytes:
+        data = b"age-encryption.org/v1\n-> X25519 " if not self.sent else b"A" * min(size, (64 << 20) - self.sent)
+        self.sent += len(data)
+        return data
+
+
+def test_an_endless_header_is_refused_within_a_bound(keys: dict[str, Key]) -> None:
+    """rage buffers the header whole: without our bound, memory grows with the object (300 MiB: 325 MiB RSS)."""
+    source = EndlessHeader()
+    with pytest.raises(AgeHeaderError) as caught:
+        AgeReader(source, ac.read_identity_file(keys["x25519"].identity), name="s3://b/k")
+    assert str(caught.value) == (
+        "decrypt age s3://b/k: no age header ends within the first 16 MiB (a real one is about 100 bytes per "
+        "recipient): not an age file, or a hostile one")
+    read_size = 1 << 20
+    assert ac.MAX_HEADER_BYTES + 2 * CHUNK_SIZE < source.sent <= ac.MAX_HEADER_BYTES + 2 * CHUNK_SIZE + read_size
+    assert [t.name for t in threading.enumerate() if t.name.startswith("age-")] == []
+
+
+def test_a_header_of_1000_recipients_opens(keys: dict[str, Key]) -> None:
+    others = [str(pyrage.x25519.Identity.generate().to_public()) for _ in range(999)]
+    data = encrypt(PAYLOAD[:1000], [*others, keys["x25519"].recipient])
+    assert header_length(data) > 90_000
+    outcome = decrypt(data, ac.read_identity_file(keys["x25519"].identity))
+    assert outcome.error is None and outcome.data == PAYLOAD[:1000]
+
+
+def test_an_armored_file_opens_and_its_damage_is_corruption(keys: dict[str, Key], tmp_path: Path) -> None:
+    """``age -a`` writes PEM armor, which ``age -d`` (and rage) read too; damage to the armor is a corrupt
+    object (restore's IntegrityError), like damage anywhere else."""
+    (tmp_path / "payload").write_bytes(PAYLOAD)
+    run(tool("age"), "-a", "-r", keys["x25519"].recipient, "-o", tmp_path / "payload.age", tmp_path / "payload")
+    armored = (tmp_path / "payload.age").read_bytes()
+    identities = ac.read_identity_file(keys["x25519"].identity)
+    assert decrypt(armored, identities).data == PAYLOAD
+    end = armored.index(b"-----END")
+    for damaged, reason in ((armored + b"garbage\n", "(non-whitespace characters after end marker)"),
+                            (armored[:end], "(not wrapped at 64 characters)")):
+        outcome = decrypt(damaged, identities)
+        assert isinstance(outcome.error, ac.AgeCorruptError)
+        assert str(outcome.error) == f"decrypt age stream: the armored age file is damaged {reason}"
+
+
 def test_a_zip_is_not_an_age_file(keys: dict[str, Key]) -> None:
     outcome = decrypt(b"PK\x03\x04" + bytes(200), ac.read_identity_file(keys["x25519"].identity))
     assert isinstance(outcome.error, AgeHeaderError)
@@ -524,6 +575,72 @@ def test_a_secret_key_given_as_recipient_is_refused_without_echo(keys: dict[str,
     )
 
 
+def _ssh_rsa_public_key(bits: int) -> str:
+    """An ``ssh-rsa`` public key line with a modulus of ``bits`` bits (its size is all age checks here)."""
+    def string(data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + data
+    modulus = (1 << (bits - 1)) | 1
+    blob = string(b"ssh-rsa") + string(b"\x01\x00\x01") + string(b"\x00" + modulus.to_bytes(bits // 8, "big"))
+    return f"ssh-rsa {base64.b64encode(blob).decode()} odd@size"
+
+
+@pytest.mark.parametrize(
+    ("bits", "reason"),
+    [(1024, "an RSA key under 2048 bits, which age refuses as too weak"),
+     (8192, "an RSA key over 4096 bits, which rage (the age library pgbkp uses) cannot encrypt to")],
+)
+def test_an_ssh_rsa_key_of_a_size_age_refuses_says_why(bits: int, reason: str) -> None:
+    line = _ssh_rsa_public_key(bits)
+    with pytest.raises(AgeKeyError) as caught:
+        ac.parse_recipients(line)
+    assert str(caught.value).startswith(f"AGE_RECIPIENTS: recipient 1 (ssh-rsa {line[8:16]}…): {reason}. Fix: ")
+
+
+SECRET = "AGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{good},{secret}",  # a secret after a comma: split off, not glued to the public key before it
+        "{good}, {secret_lower}",  # bech32 is case-insensitive: the lower-case secret is a secret too
+        "{good} {secret}",  # a space instead of a comma
+        "{good}\t{secret_lower}",
+        "ssh-ed25519;{secret}",
+        "age1{secret_lower}",  # glued on: no hrp echoed
+    ],
+    ids=["comma", "comma-lower", "space", "tab-lower", "glued-ssh", "glued-age1"],
+)
+def test_a_secret_key_next_to_a_recipient_is_never_echoed(text: str, keys: dict[str, Key]) -> None:
+    given = text.format(good=keys["x25519"].recipient, secret=SECRET, secret_lower=SECRET.lower())
+    with pytest.raises(AgeKeyError) as caught:
+        ac.parse_recipients(given)
+    message = str(caught.value).lower()
+    assert "this is a private key" in message or "holds a space" in message
+    assert "gfpyysjz" not in message and "secret-key" not in message
+
+
+@pytest.mark.parametrize(
+    "item",
+    ["sk-proj-0123456789abcdefghijklmnopqrstuvwx",  # an API token, not an SSH key type
+     "ssh-ed25519\u00a0AAAAC3NzaC1lZDI1NTE5AAAAIG",  # a no-break space: not the type
+     "age1qqqqqq\u200bqqqqqqqqqqq"],  # an invisible character: not shown
+    ids=["sk-token", "nbsp", "zero-width"],
+)
+def test_an_unknown_key_type_or_lookalike_is_shown_by_length_only(item: str) -> None:
+    with pytest.raises(AgeKeyError) as caught:
+        ac.parse_recipients(item)
+    text = str(caught.value)
+    assert text.startswith(f"AGE_RECIPIENTS: recipient 1 ({len(item)} characters): ")
+    assert item[4:12] not in text
+
+
+def test_recipients_with_crlf_a_bom_and_duplicates_parse(keys: dict[str, Key]) -> None:
+    good, ssh = keys["x25519"].recipient, keys["ssh-ed25519"].recipient
+    recipients = ac.parse_recipients(f"\ufeff{good}\r\n{ssh}\r\n{good}\r\n{ssh} laptop private key\r\n")
+    assert [str(r) for r in recipients[::2]] == [good, good] and len(recipients) == 4  # a comment is a comment
+
+
 def test_parse_recipients_empty() -> None:
     with pytest.raises(AgeKeyError, match=r"^AGE_RECIPIENTS: no recipient\. Fix: "):
         ac.parse_recipients("# nobody\n\n")
@@ -583,6 +700,40 @@ def test_unreadable_identity_file(tmp_path: Path) -> None:
     assert str(caught.value) == (
         f"read identity file {tmp_path / 'missing.txt'}: No such file or directory. Fix: give a readable file"
     )
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "too-large"])
+def test_an_identity_file_that_is_no_file_or_too_large_is_refused_without_waiting(kind: str, tmp_path: Path) -> None:
+    """A FIFO with no writer used to block restore forever, /dev/zero to fill the memory."""
+    path = {"fifo": tmp_path / "key", "device": Path("/dev/zero"), "directory": tmp_path,
+            "too-large": tmp_path / "big"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "too-large":
+        path.write_bytes(b"#" * (ac.MAX_IDENTITY_BYTES + 1))
+    with pytest.raises(AgeKeyError) as caught:
+        ac.read_identity_file(path)
+    said = {"fifo": f"identity file {path}: holds no identity. Fix: give the file age-keygen wrote (AGE-SECRET-KEY-1…)",
+            "device": f"read identity file {path}: it is a device or socket, not a regular file. Fix: give a "
+                      "readable file",
+            "directory": f"read identity file {path}: it is a directory, not a regular file. Fix: give a readable "
+                         "file",
+            "too-large": f"read identity file {path}: larger than 1024 KiB, which no identity file is. Fix: give the "
+                         "file age-keygen wrote, or an SSH private key"}[kind]
+    assert str(caught.value) == said
+
+
+def test_an_identity_from_a_pipe_is_read(keys: dict[str, Key]) -> None:
+    """``AGE_IDENTITY_FILE=<(pass show age-key)``: the shell passes a pipe, /dev/fd/N; the key never touches disk."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, keys["x25519"].identity.read_bytes())
+        os.close(write_end)
+        [identity] = ac.read_identity_file(f"/dev/fd/{read_end}")
+    finally:
+        os.close(read_end)
+    assert pyrage.decrypt(pyrage.encrypt(b"x", [pyrage.x25519.Recipient.from_str(keys["x25519"].recipient)]),
+                          [identity]) == b"x"
 
 
 def test_pyproject_requires_the_pinned_pyrage_range() -> None:

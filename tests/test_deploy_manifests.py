@@ -310,3 +310,15 @@ def test_the_stopped_rule_fires_on_a_non_zero_exit_or_a_task_that_never_started(
     # descend into arrays, so each container is offered on its own (and an event without one as it is).
     offered = [{**event, "detail": {**event["detail"], "containers": c}} for c in event["detail"]["containers"]]
     assert any(rule.matches_event(e) for e in offered or [event]) is fires
+
+
+def test_the_age_recipients_parameter_refuses_a_private_key(template: dict[str, Any]) -> None:
+    """CloudFormation matches AllowedPattern against the whole value (Java regex; the same in Python here)."""
+    pattern = re.compile(template["Parameters"]["AgeRecipients"]["AllowedPattern"])
+    public = "age1x27jhtn9fsmuvq0wzyfdk3hhla5urcythz44ug7j8sx97hkdv3nsuu99z9"
+    for allowed in ("", public, f"{public},ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOqK restore, team private key"):
+        assert pattern.fullmatch(allowed), allowed
+    secret = "AGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX"
+    for refused in (secret, f"{public},{secret}", f"{public},{secret.lower()}",
+                    "-----BEGIN OPENSSH PRIVATE KEY----- b3BlbnNzaC1rZXktdjE -----END OPENSSH PRIVATE KEY-----"):
+        assert not pattern.fullmatch(refused), refused

@@ -483,8 +483,13 @@ def test_bad_settings_stop_serve_before_any_backup(tmp_path: Path) -> None:
     ({"CRON_ENABLED": "sometimes"}, "CRON_ENABLED: 'sometimes' is not true or false"),
     ({"SHUTDOWN_GRACE_SECONDS": "-1"}, "SHUTDOWN_GRACE_SECONDS: -1 is out of range"),
     ({"SHUTDOWN_GRACE_SECONDS": "soon"}, "SHUTDOWN_GRACE_SECONDS: 'soon' is not a whole number"),
+    ({"AGE_RECIPIENTS": "age1qqqq"}, "AGE_RECIPIENTS: recipient 1 (age1qqqq…): not a valid age1… public key"),
+    ({"AGE_RECIPIENTS": "age1qqqq", "PG_URLS": "x|age=off|postgres://u@127.0.0.1:1/postgres,"
+                                               "y|age=age1zzzz|postgres://u@127.0.0.1:1/postgres"},
+     "PG_URLS item 2 (y): field 'age': recipient 1 (age1zzzz…): not a valid age1… public key"),
 ])
 def test_bad_runner_settings_are_config_errors(extra: dict[str, str], says: str) -> None:
+    """Each stops ``pgbkp serve`` with exit 2 before any backup (make_runner runs before the first one)."""
     cfg = config.load({"PG_URLS": "postgres://u@127.0.0.1:1/postgres", "S3_BUCKET": "bkt", **extra})
     with pytest.raises(config.ConfigError, match=re.escape(says)):
         runner.make_runner(cfg, backup=lambda stop, obs: runner.Outcome(0, ""))

@@ -432,11 +432,23 @@ def object_metadata(job: Job, pg_dump_version: str) -> dict[str, str]:
     }
 
 
+#: What opens .zip.age backups; none of it belongs where backups are made (docs/age.md, "Lambda").
+AGE_IDENTITY_SETTINGS = ("AGE_IDENTITY_FILE", "AGE_IDENTITY", "AGE_IDENTITY_SECRET_ID", "AGE_IDENTITY_PASSPHRASE")
+
+
 def check_encryption(config: Config) -> None:
     """At a backup run's start, before any work: every connection's age recipients parse (pyrage), and none
-    has ZIP_PASSWORD too. Raises ConfigError naming the bad recipient by position (docs/age.md)."""
+    has ZIP_PASSWORD too. Raises ConfigError naming the bad recipient by position (docs/age.md). An age
+    identity set for a backup run is a warning: it undoes what age is for, but a box that also restores
+    may hold it on purpose."""
     for conn in config.connections:
         age_recipients(config, conn)
+    given = [name for name in AGE_IDENTITY_SETTINGS if config.env.get(name, "").strip()]
+    if given:  # the names only, never a value
+        verb, pronoun = ("is", "it") if len(given) == 1 else ("are", "them")
+        log.warning("%s %s set where backups are made: whoever takes over this machine or role can read every "
+                    ".zip.age backup, which age is there to prevent. Fix: unset %s for backups; keep the identity "
+                    "only where you restore or verify (docs/age.md)", " and ".join(given), verb, pronoun)
 
 
 def age_recipients(config: Config, conn: Connection) -> list[Recipient] | None:

@@ -632,35 +632,46 @@ class AgeIdentities:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self._loaded: list[Identity] | None = None
+        self._failed: str | None = None  # why it cannot be read, kept: a wrong passphrase costs an scrypt each try
 
     def get(self, url: str) -> list[Identity]:
+        if self._loaded is None and self._failed is None:
+            try:
+                self._loaded = self._load()
+            except _IdentityUnusableError as exc:
+                self._failed = str(exc)
         if self._loaded is None:
-            self._loaded = self._load(url)
+            raise IdentityError(f"restore {url}: the backup is encrypted with age (.zip.age){self._failed}")
         return self._loaded
 
-    def _load(self, url: str) -> list[Identity]:
-        path = setting(self.env, "AGE_IDENTITY_FILE")
-        content = setting(self.env, "AGE_IDENTITY")
-        passphrase = setting(self.env, "AGE_IDENTITY_PASSPHRASE")
+    def _load(self) -> list[Identity]:
+        env = self.env  # named env: tests/test_compose.py finds the variables read as setting(env, "X")
+        path = setting(env, "AGE_IDENTITY_FILE")
+        content = setting(env, "AGE_IDENTITY")
+        passphrase = setting(env, "AGE_IDENTITY_PASSPHRASE")
         if passphrase:
             Secret(passphrase)  # registered, so that the scrubber catches it anywhere
         if content:  # each key line too: the scrubber matches whole values
             for line in (content, *content.splitlines()):
                 if not line.lstrip().startswith("#"):
                     Secret(line.strip())
-        where = f"restore {url}: the backup is encrypted with age (.zip.age)"
         if path and content:
-            raise IdentityError(f"{where}, and both AGE_IDENTITY_FILE and AGE_IDENTITY are set. Fix: keep one.")
+            raise _IdentityUnusableError(", and both AGE_IDENTITY_FILE and AGE_IDENTITY are set. Fix: keep one.")
         if not path and not content:
-            raise IdentityError(f"{where}, and AGE_IDENTITY_FILE is not set; nothing was read or sent. Fix: set "
-                                "AGE_IDENTITY_FILE to the identity of one of its recipients (the age-keygen key "
-                                "file, or the SSH private key), kept where you restore, never where backups are made.")
+            raise _IdentityUnusableError(
+                ", and AGE_IDENTITY_FILE is not set; nothing was read or sent. Fix: set AGE_IDENTITY_FILE to the "
+                "identity of one of its recipients (the age-keygen key file, or the SSH private key), kept where "
+                "you restore, never where backups are made.")
         try:
             if content:
                 return parse_identities(content.encode(), source="AGE_IDENTITY", passphrase=passphrase or None)
             return read_identity_file(path, passphrase=passphrase or None)
         except AgeKeyError as exc:
-            raise IdentityError(f"{where}: {exc}; nothing was read or sent.") from None
+            raise _IdentityUnusableError(f": {exc}; nothing was read or sent.") from None
+
+
+class _IdentityUnusableError(Exception):
+    """Why the identity cannot be used: the end of an :class:`IdentityError` message, after its backup."""
 
 
 def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, storage: Storage,

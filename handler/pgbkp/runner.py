@@ -362,6 +362,8 @@ def make_runner(config: Config, backup: BackupFn | None = None, **kwargs: Any) -
     env = config.env
     cron, grace = _settings(env)
     sched = schedule.parse(env.get("CRON_SCHEDULE"), config.timezone) if cron else None
+    for conn in config.connections:  # a bad age recipient stops serve now (exit 2), not each run at its hour
+        pipeline.age_recipients(config, conn)
     observer = kwargs.pop("observer", None) or progress.make_observer()
     bars = isinstance(observer, progress.BarObserver)  # a bar's total is the size on disk: list the sizes
     return Runner(

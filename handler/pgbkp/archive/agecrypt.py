@@ -21,7 +21,9 @@ public key, never a secret) before any work starts.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -56,6 +58,9 @@ PYRAGE_RANGE = ">=1.4,<2"
 CHUNK_SIZE = 64 * 1024  # age's payload chunk of plaintext (each is followed by a 16-byte Poly1305 tag)
 MAGIC = b"age-encryption.org/v1\n"
 ARMOR = b"-----BEGIN AGE ENCRYPTED FILE-----"
+#: rage buffers the whole header before it can parse it, and sets no limit: a hostile object of one endless
+#: header line would fill the memory. A real header is ~100 bytes per recipient (1000 recipients: 98 KB).
+MAX_HEADER_BYTES = 16 << 20
 
 #: pyrage recipient and identity objects (x25519 or ssh); pyrage ships no type information.
 Recipient = Any
@@ -389,6 +394,12 @@ class AgeReader:
                 out = self._pump.feed(None)
         for piece in out:
             self._buffer += piece
+        # Nothing out yet, long past any header and the first chunk: refuse before rage buffers more of it.
+        if not self._pump.produced and not self._pump.done and self.bytes_in > MAX_HEADER_BYTES + 2 * CHUNK_SIZE:
+            self._failed = AgeHeaderError(
+                f"decrypt age {self._name}: no age header ends within the first {MAX_HEADER_BYTES >> 20} MiB "
+                "(a real one is about 100 bytes per recipient): not an age file, or a hostile one")
+            raise self._failed
         if self._pump.done:
             self._pump.finish()  # the thread has returned from pyrage; let it end before we report the outcome
 
@@ -431,31 +442,51 @@ class AgeReader:
             return AgeTrailingDataError(
                 f"{where}: bytes follow age's final chunk (after {produced} bytes of plaintext)"
             )
+        if text.startswith("invalid armor"):  # rage's ArmoredReader, reading an armored (PEM) age file
+            detail = text.removeprefix("invalid armor").strip()
+            return AgeCorruptError(f"{where}: the armored age file is damaged" + (f" {detail}" if detail else ""))
         return AgeError(f"{where}: {type(exc).__name__}: {text}")
 
 
 # recipients and identities
 
 _SSH_RECIPIENT_TYPES = ("ssh-ed25519", "ssh-rsa")
-_SPLIT = re.compile(r"\s*,\s*(?=age1|ssh-|ecdsa-|sk-)", re.IGNORECASE)
+#: SSH public key types, named in messages (anything else that starts like one is shown by length only: an
+#: ``sk-…`` or ``ssh-…`` token pasted by mistake may be an API secret).
+_SSH_KEY_TYPES = frozenset({
+    "ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+})
+#: Where a private key given by mistake starts: it is split off its neighbours and never shown.
+_PRIVATE_MARKS = ("AGE-SECRET-KEY-", "AGE-PLUGIN-", "-----BEGIN", "-----END")
+_SPLIT = re.compile(r"\s*,\s*(?=age1|ssh-|ecdsa-|sk-|age-secret-key-|age-plugin-|-----begin)", re.IGNORECASE)
+#: The part of an ``age1…`` recipient before its last ``1`` that names a plugin or post-quantum type.
+_HRP = re.compile(r"age1[a-z0-9]{0,24}")
 
 
 def _split_recipients(text: str) -> list[str]:
     items: list[str] = []
-    for line in text.splitlines():
+    for line in text.removeprefix("\ufeff").splitlines():
         line = line.strip(" \t,")  # a comma may end a line too: "age1…,\nage1…"
         if line and not line.startswith("#"):
             items += [item.strip() for item in _SPLIT.split(line) if item.strip()]
     return items
 
 
+def _is_private(item: str) -> bool:
+    upper = item.upper()
+    return any(mark in upper for mark in _PRIVATE_MARKS)
+
+
 def _recipient_label(item: str) -> str:
     """A short prefix that identifies a public key; nothing of anything that is not a known public key."""
-    if item[:4].lower() == "age1":
+    if _is_private(item):
+        return f"{len(item)} characters"
+    if item[:4].lower() == "age1" and item[:12].isascii() and item[:12].isprintable():
         return item[:12] + "…"
     kind, _, rest = item.partition(" ")
-    if kind.startswith(("ssh-", "ecdsa-", "sk-")):
-        return f"{kind[:40]} {rest[:8]}…"
+    if kind in _SSH_KEY_TYPES and rest[:8].isascii() and rest[:8].isprintable():
+        return f"{kind} {rest[:8]}…"
     return f"{len(item)} characters"
 
 
@@ -475,15 +506,21 @@ def parse_recipients(text: str, *, source: str = "AGE_RECIPIENTS") -> list[Recip
 
 
 def _parse_recipient(item: str, what: str) -> Recipient:
+    """One recipient. Messages hold ``what`` and fixed text only: never the item, which may be a secret."""
     fix = "Fix: give an age1… public key (age-keygen -y key.txt prints it) or an ssh-ed25519/ssh-rsa public key"
-    if item.startswith("AGE-SECRET-KEY-") or item.startswith("-----BEGIN"):
+    if _is_private(item):
         raise AgeKeyError(
             f"{what}: this is a private key, not a recipient: it must never be where backups are made. "
             "Fix: give its public key instead (age-keygen -y key.txt, or the .pub file of an SSH key)"
         )
     if item[:4].lower() == "age1":
+        if any(c.isspace() for c in item):
+            raise AgeKeyError(f"{what}: holds a space: give one recipient per line or separate them with commas. "
+                              f"{fix}")
         hrp = item.lower().rpartition("1")[0]
         if hrp != "age":
+            if not _HRP.fullmatch(hrp):
+                raise AgeKeyError(f"{what}: not a valid age1… public key (bad encoding or checksum). {fix}")
             raise AgeKeyError(f"{what}: {hrp} recipients (plugins, post-quantum) are not supported. {fix}")
         try:
             return pyrage.x25519.Recipient.from_str(item)
@@ -493,11 +530,22 @@ def _parse_recipient(item: str, what: str) -> Recipient:
     if kind in _SSH_RECIPIENT_TYPES:
         try:
             return pyrage.ssh.Recipient.from_str(item)
-        except pyrage.RecipientError:
-            raise AgeKeyError(f"{what}: not a valid {kind} public key as age reads it. {fix}") from None
-    if kind.startswith(("ssh-", "ecdsa-", "sk-")):
+        except pyrage.RecipientError as exc:
+            raise AgeKeyError(f"{what}: {_ssh_reason(kind, str(exc))}. {fix}") from None
+    if kind in _SSH_KEY_TYPES:
         raise AgeKeyError(f"{what}: age does not encrypt to {kind} keys, only ssh-ed25519 and ssh-rsa. {fix}")
+    if kind.startswith(("ssh-", "ecdsa-", "sk-")):
+        raise AgeKeyError(f"{what}: not an SSH key type age knows (only ssh-ed25519 and ssh-rsa). {fix}")
     raise AgeKeyError(f"{what}: not an age recipient (it starts neither with age1 nor with ssh-). {fix}")
+
+
+def _ssh_reason(kind: str, text: str) -> str:
+    """Why rage refused an SSH public key; its error text (pinned by tests) names an RSA size it refuses."""
+    if "RsaModulusTooSmall" in text:
+        return "an RSA key under 2048 bits, which age refuses as too weak"
+    if "RsaModulusTooLarge" in text:
+        return "an RSA key over 4096 bits, which rage (the age library pgbkp uses) cannot encrypt to"
+    return f"not a valid {kind} public key as age reads it"
 
 
 _SSH_PRIVATE = (b"-----BEGIN OPENSSH PRIVATE KEY-----", b"-----BEGIN RSA PRIVATE KEY-----")
@@ -571,10 +619,39 @@ def _parse_ssh_identity(data: bytes, source: str) -> Identity:
         ) from None
 
 
+#: An identity file is a few keys: even an RSA-16384 private key encrypted with age -p is under 20 KiB.
+MAX_IDENTITY_BYTES = 1 << 20
+
+
 def read_identity_file(path: str | Path, *, passphrase: str | None = None) -> list[Identity]:
-    """:func:`parse_identities` of a file, with a clear error when it cannot be read."""
+    """:func:`parse_identities` of a file, with a clear error when it cannot be read. A pipe is read, so
+    that ``AGE_IDENTITY_FILE=<(pass show age-key)`` keeps the key off the disk, but a named FIFO is opened
+    without waiting for a writer (with none, it reads as empty); a device or a directory is refused unread
+    (/dev/zero never ends), and so is anything over :data:`MAX_IDENTITY_BYTES`, which is no identity file."""
     try:
-        data = Path(path).read_bytes()
+        data = _read_small_file(path, MAX_IDENTITY_BYTES)
     except OSError as exc:
         raise AgeKeyError(f"read identity file {path}: {exc.strerror or exc}. Fix: give a readable file") from None
+    if data is None:
+        raise AgeKeyError(f"read identity file {path}: larger than {MAX_IDENTITY_BYTES // 1024} KiB, which no "
+                          "identity file is. Fix: give the file age-keygen wrote, or an SSH private key")
     return parse_identities(data, source=f"identity file {path}", passphrase=passphrase)
+
+
+def _read_small_file(path: str | Path, limit: int) -> bytes | None:
+    """The content of a regular file or a pipe, None when it is over ``limit`` bytes; OSError (with
+    ``strerror``) for anything else, without waiting on a FIFO that has no writer or reading a device."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a device or socket"
+            raise OSError(0, f"it is {kind}, not a regular file")
+        os.set_blocking(fd, True)  # opened: a pipe's reads now wait for its writer, or end when it has none
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, 1 << 16)):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return None if size > limit else b"".join(chunks)

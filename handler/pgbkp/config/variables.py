@@ -8,7 +8,9 @@ is written once. The typo check (:mod:`pgbkp.config.typos`) knows every name her
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -243,15 +245,39 @@ def _textfile(value: str, name: str) -> Path:
     return path
 
 
+#: A recipients file larger than this is refused rather than cut short (16 000 age1… keys fit in it).
+MAX_RECIPIENTS_FILE_BYTES = 1 << 20
+
+
 def _recipients_file(value: str, name: str) -> tuple[str, str]:
     """(where, text): the file is read now, so that a missing one fails at start-up; its content is public
-    keys, checked with pyrage when a backup starts (pgbkp.pipeline.age_recipients)."""
+    keys, checked with pyrage when a backup starts (pgbkp.pipeline.age_recipients). A pipe is read (as
+    ``age -R <(…)``), but a named FIFO is opened without waiting for a writer (none: it reads as empty); a
+    device or a directory is refused unread (/dev/zero never ends); a file too large is refused whole
+    (cutting it would drop recipients without a word)."""
     try:
-        with open(value, encoding="utf-8") as f:
-            text = f.read(1 << 20)
+        fd = os.open(value, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+                kind = "a directory" if stat.S_ISDIR(mode) else "a device"
+                raise ConfigError(f"{name}: {show(value, 200)} is {kind}, not a regular file. Fix: point it at a "
+                                  "file of age recipients, one per line.")
+            os.set_blocking(fd, True)  # opened: a pipe's reads now wait for its writer, or end when it has none
+            data = os.read(fd, MAX_RECIPIENTS_FILE_BYTES + 1)
+            while len(data) <= MAX_RECIPIENTS_FILE_BYTES and (more := os.read(fd, 1 << 16)):
+                data += more
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read {show(value, 200)} ({exc.strerror or type(exc).__name__}). "
                           "Fix: point it at a readable file of age recipients, one per line.") from None
+    if len(data) > MAX_RECIPIENTS_FILE_BYTES:
+        raise ConfigError(f"{name}: {show(value, 200)} is larger than {MAX_RECIPIENTS_FILE_BYTES // 1024} KiB, "
+                          "far more than a list of public keys. Fix: point it at a file of age recipients, one per "
+                          "line.")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{name}: {show(value, 200)} is not UTF-8 text. Fix: give a file of age recipients "
                           "(age1… or ssh-ed25519/ssh-rsa public keys), one per line.") from None
