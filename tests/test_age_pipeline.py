@@ -100,8 +100,9 @@ def test_a_stop_mid_stream_under_age_leaves_no_object_no_upload_and_no_thread() 
                             chunk=1 << 16, on_read=stop_once_age_wrote)
     edge = handler_core.Edge(storage_for=lambda conn: store, source=source, should_stop=stop.is_set)
     with pytest.raises(handler_core.BackupFailedError) as err:
-        handler_core.handle({"connection": "main"}, config=config.load({**ENV, "AGE_RECIPIENTS": recipient}),
-                            edge=edge)
+        # One at a time, so that the second database is the one the stop keeps from starting.
+        handler_core.handle({"connection": "main"}, edge=edge, config=config.load(
+            {**ENV, "AGE_RECIPIENTS": recipient, "DATABASE_CONCURRENCY": "1"}))
     app, following = err.value.summary["results"]
     assert app["error"] == f"backup s3://{BUCKET}/{app['key']}: stopped before the dump finished"
     assert following["error"] == f"backup s3://{BUCKET}/{following['key']}: not started: the run was asked to stop"
