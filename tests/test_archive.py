@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import pyzipper
+import pyzipper.zipfile_aes
 from Cryptodome.Cipher import AES
 from Cryptodome.Hash import HMAC, SHA1
 from Cryptodome.Protocol.KDF import PBKDF2
@@ -452,7 +453,7 @@ def test_unknown_aes_strength_is_corrupt(strength: int) -> None:
 def test_a_pyzipper_without_the_private_api_fails_with_one_clear_line(
     monkeypatch: pytest.MonkeyPatch, attribute: str, method: str
 ) -> None:
-    class MovedDecrypter(archive_aes.AESZipDecrypter):  # type: ignore[misc]
+    class MovedDecrypter(pyzipper.zipfile_aes.AESZipDecrypter):  # type: ignore[misc]
         """A pyzipper release that renamed or reshaped the attribute the reader drives."""
 
         def __init__(self, *args: object) -> None:
@@ -462,7 +463,7 @@ def test_a_pyzipper_without_the_private_api_fails_with_one_clear_line(
             setattr(self, attribute, types.SimpleNamespace(**{k: v for k, v in others.items() if k != method}))
 
     archive, _ = write_archive(mixed_data(10_000), threads=1, password=b"pw")
-    monkeypatch.setattr(archive_aes, "AESZipDecrypter", MovedDecrypter)
+    monkeypatch.setattr(pyzipper.zipfile_aes, "AESZipDecrypter", MovedDecrypter)
     with pytest.raises(ArchiveError) as caught:
         MemberReader(io.BytesIO(archive), b"pw")
     assert type(caught.value) is ArchiveError

@@ -39,8 +39,16 @@ def imported(*args: str) -> frozenset[str]:
 def test_the_heavy_modules_are_real_names_that_the_commands_do_import() -> None:
     """Guards the test below: a misspelt name would be "not imported" for ever."""
     loaded = imported("-c", "import pgbkp.restore_cli, pgbkp.runner, pgbkp.lambda_function, pgbkp.dispatch, "
-                                 "pgbkp.archive.agecrypt")
+                                 "pgbkp.archive.agecrypt, "
+                                 "pyzipper.zipfile_aes")
     assert sorted(HEAVY - loaded) == []
+
+
+def test_the_lambda_cold_import_loads_no_library_a_run_may_not_use() -> None:
+    """The image's import (Lambda's INIT, billed): AES, age, notifications and the runner's metrics are
+    loaded by the run that uses them (ZIP_PASSWORD, AGE_RECIPIENTS, NOTIFY_URLS), not by every start."""
+    loaded = imported("-c", "import pgbkp.lambda_function")
+    assert sorted({"pyzipper", "Cryptodome", "pyrage", "apprise", "prometheus_client", "http.server"} & loaded) == []
 
 
 @pytest.mark.parametrize("args", [

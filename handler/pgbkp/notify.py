@@ -27,7 +27,6 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import re
@@ -184,6 +183,8 @@ def _why_bad(apprise: Any, scheme: str) -> str:
 
     known = sorted(NotificationManager().schemas())  # a singleton: the plugins apprise has loaded
     if scheme not in known:
+        import difflib  # only for a mistyped scheme: start-up should not pay for it
+
         close = difflib.get_close_matches(scheme, known, n=1, cutoff=0.75)
         return "a scheme apprise does not know" + (f" (did you mean {close[0]}://?)" if close else "")
     return "not complete or not valid for that service"

@@ -23,15 +23,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pgbkp import __version__, cpus, integrity, keys, postgres, retention
 from pgbkp.archive import SupportsWrite, ZipStreamWriter
-from pgbkp.archive.agecrypt import AgeKeyError, AgeWriter, Recipient, parse_recipients
 from pgbkp.config import AgeRecipients, Config, ConfigError, Connection, S3Settings, select, setting
 from pgbkp.output import OK_STATUSES
 from pgbkp.redact import redact
 from pgbkp.storage import ObjectExistsError, ObjectInfo, Storage, StorageError
+
+if TYPE_CHECKING:  # pyrage loads only where age is used (AGE_RECIPIENTS): a plain run's start-up skips it
+    from pgbkp.archive.agecrypt import Recipient
 
 log = logging.getLogger(__name__)
 
@@ -466,6 +468,8 @@ def age_recipients(config: Config, conn: Connection) -> list[Recipient] | None:
 
 @lru_cache(maxsize=64)
 def _parse_age(age: AgeRecipients) -> tuple[Recipient, ...]:
+    from pgbkp.archive.agecrypt import AgeKeyError, parse_recipients
+
     out: list[Recipient] = []
     for source, text in age.sources:
         try:
@@ -482,6 +486,8 @@ def _age_layer(upload: SupportsWrite, recipients: list[Recipient] | None, job: J
     if recipients is None:
         yield upload
         return
+    from pgbkp.archive.agecrypt import AgeWriter
+
     with AgeWriter(upload, recipients, name=job.url) as encrypt:
         yield encrypt
         encrypt.close()

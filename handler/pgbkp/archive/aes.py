@@ -9,6 +9,9 @@ the AES-CTR cipher) and ``hmac`` (HMAC-SHA1 of the ciphertext), and checks that 
 it is built: a pyzipper release that moves them fails with one line that says so, never with an
 AttributeError half-way through a restore. tests/test_archive.py pins that API against a WinZip
 AES computed independently, and pyproject.toml keeps pyzipper within ``PYZIPPER_RANGE``.
+
+pyzipper (and the Cryptodome it loads, about 30 ms) is imported when a member is first encrypted or
+decrypted, not with the module: a run without ZIP_PASSWORD, and every start-up, does not pay for it.
 """
 
 from __future__ import annotations
@@ -16,9 +19,6 @@ from __future__ import annotations
 import hmac
 import types
 from collections.abc import Callable
-
-import pyzipper
-from pyzipper.zipfile_aes import AESZipDecrypter, AESZipEncrypter
 
 from pgbkp.archive.errors import ArchiveError, CorruptArchiveError, WrongPasswordError
 
@@ -45,6 +45,8 @@ class AesEncrypter:
     """AES-256 for one member: ``header()`` first, then ``encrypt()`` the data in order, then ``auth_code()``."""
 
     def __init__(self, password: bytes) -> None:
+        from pyzipper.zipfile_aes import AESZipEncrypter
+
         self._impl = AESZipEncrypter(password, nbits=256)
 
     def header(self) -> bytes:
@@ -70,6 +72,8 @@ class AesDecrypter:
         self._member = member
         if len(header) != header_length(member, strength):
             raise CorruptArchiveError(f"read zip {member!r}: truncated AES header")
+        from pyzipper.zipfile_aes import AESZipDecrypter
+
         info = types.SimpleNamespace(filename=member, wz_aes_strength=strength)
         try:
             impl = AESZipDecrypter(info, password, header)
@@ -94,6 +98,8 @@ class AesDecrypter:
     def _private(self, impl: object, attribute: str, method: str) -> Callable[..., bytes]:
         function = getattr(getattr(impl, attribute, None), method, None)
         if not callable(function):
+            import pyzipper
+
             raise ArchiveError(
                 f"read zip {self._member!r}: pyzipper {pyzipper.__version__} has no AESZipDecrypter.{attribute}."
                 f"{method}(), which pgbkp's streaming AES reader drives (pgbkp/archive/aes.py). "
