@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["available_cpus", "available_memory", "database_concurrency"]
@@ -27,25 +28,32 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _cgroup_v2_limit(cgroup_root: Path, proc_cgroup: Path) -> int | None:
-    """Smallest cpu.max quota from our cgroup up to the root (a parent's limit binds us too)."""
+def _cgroup_files(cgroup_root: Path, proc_cgroup: Path, name: str) -> Iterator[str]:
+    """The text of cgroup v2 file ``name`` in our cgroup and each parent up to the root, where present:
+    a parent's limit binds us too, so callers take the smallest."""
     relative = ""
     for line in (_read_text(proc_cgroup) or "").splitlines():
         if line.startswith("0::"):
             relative = line[3:].strip("/")
     directory = cgroup_root / relative if relative else cgroup_root
-    limits: list[int] = []
     while True:
-        text = _read_text(directory / "cpu.max")
+        text = _read_text(directory / name)
         if text:
-            fields = text.split()
-            if len(fields) == 2 and fields[0] != "max":
-                limit = _quota_cpus(float(fields[0]), float(fields[1]))
-                if limit is not None:
-                    limits.append(limit)
+            yield text
         if directory == cgroup_root or cgroup_root not in directory.parents:
-            break
+            return
         directory = directory.parent
+
+
+def _cgroup_v2_limit(cgroup_root: Path, proc_cgroup: Path) -> int | None:
+    """Smallest cpu.max quota from our cgroup up to the root."""
+    limits: list[int] = []
+    for text in _cgroup_files(cgroup_root, proc_cgroup, "cpu.max"):
+        fields = text.split()
+        if len(fields) == 2 and fields[0] != "max":
+            limit = _quota_cpus(float(fields[0]), float(fields[1]))
+            if limit is not None:
+                limits.append(limit)
     return min(limits) if limits else None
 
 
@@ -85,19 +93,7 @@ MEMORY_PER_DATABASE = 256 << 20
 
 def _cgroup_memory(cgroup_root: Path, proc_cgroup: Path) -> int | None:
     """Smallest memory.max (v2) from our cgroup up, or memory.limit_in_bytes (v1)."""
-    relative = ""
-    for line in (_read_text(proc_cgroup) or "").splitlines():
-        if line.startswith("0::"):
-            relative = line[3:].strip("/")
-    directory = cgroup_root / relative if relative else cgroup_root
-    limits: list[int] = []
-    while True:
-        text = _read_text(directory / "memory.max")
-        if text and text.isdigit():
-            limits.append(int(text))
-        if directory == cgroup_root or cgroup_root not in directory.parents:
-            break
-        directory = directory.parent
+    limits = [int(text) for text in _cgroup_files(cgroup_root, proc_cgroup, "memory.max") if text.isdigit()]
     v1 = _read_text(cgroup_root / "memory" / "memory.limit_in_bytes")
     if v1 and v1.isdigit() and int(v1) < 1 << 60:  # "no limit" is a huge number there
         limits.append(int(v1))

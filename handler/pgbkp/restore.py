@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pgbkp import integrity, keys, postgres, roles
-from pgbkp.archive import ArchiveError, CorruptArchiveError, MemberReader, SupportsRead, WrongPasswordError
+from pgbkp.archive import ArchiveError, CorruptArchiveError, MemberReader, WrongPasswordError
 from pgbkp.archive.agecrypt import (
     AgeKeyError,
     AgeNoIdentityError,
@@ -674,6 +674,22 @@ class _IdentityUnusableError(Exception):
     """Why the identity cannot be used: the end of an :class:`IdentityError` message, after its backup."""
 
 
+def _member(hashing: _HashingReader, age: list[Identity] | None, password: bytes | None, url: str) -> MemberReader:
+    """The SQL member of the object being read. A ``.zip.age`` goes through age first: its header (the
+    recipient, the MAC) is checked here, so a wrong identity fails before anything is sent, and the ZIP
+    inside has no password (the suffix decides, docs/age.md). Otherwise the ZIP itself, with ZIP_PASSWORD."""
+    if age is None:
+        return MemberReader(hashing, password, chunk_size=READ_CHUNK)
+    return MemberReader(AgeReader(hashing, age, name=url, read_size=READ_CHUNK), None, chunk_size=READ_CHUNK)
+
+
+def _layer_checks(age: list[Identity] | None, hashing: _HashingReader) -> list[str]:
+    """What the object's layers proved once it was read to its end (age asked for its final chunk)."""
+    if age is not None:
+        return ["age authentication (every 64 KiB chunk)", "ZIP CRC-32"]
+    return ["AES authentication code" if hashing.encrypted else "ZIP CRC-32"]
+
+
 def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, storage: Storage,
                    create: bool = False, force: bool = False,
                    on_progress: Callable[[int], None] | None = None,
@@ -701,12 +717,7 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, stora
     created = False
     try:
         hashing = _HashingReader(download, on_progress)
-        plain: SupportsRead = hashing
-        if age is not None:
-            # The header (recipient, MAC) is checked here: a wrong identity fails before anything is sent.
-            plain = AgeReader(hashing, age, name=backup.url, read_size=READ_CHUNK)
-            password = None  # the suffix decides: the ZIP inside age has no password (docs/age.md)
-        reader = MemberReader(plain, password, chunk_size=READ_CHUNK)
+        reader = _member(hashing, age, password, backup.url)
         chunks = iter(reader)
         first = next(chunks, b"")
         if create:
@@ -725,10 +736,7 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, stora
                 pass
             raise
         hashing.drain()
-        if age is not None:  # the reader asked age for the end: every chunk and the final one are proven
-            result.checks += ["age authentication (every 64 KiB chunk)", "ZIP CRC-32"]
-        else:
-            result.checks.append("AES authentication code" if hashing.encrypted else "ZIP CRC-32")
+        result.checks += _layer_checks(age, hashing)
         _check_object(backup, download, hashing, reader, result)
         session.commit()
         result.sql_bytes = session.bytes_written
@@ -1007,11 +1015,7 @@ def restore_globals(config: Config, backup: BackupRef, target: PgTarget | None, 
     kept = roles.RoleFilter(existing, target.user if target else "", skip_existing=skip_existing)
     try:
         hashing = _HashingReader(download, on_progress)
-        plain: SupportsRead = hashing
-        if age is not None:  # as restore_backup: the header is checked before anything is sent
-            plain = AgeReader(hashing, age, name=backup.url, read_size=READ_CHUNK)
-            password = None
-        reader = MemberReader(plain, password, chunk_size=READ_CHUNK)
+        reader = _member(hashing, age, password, backup.url)
         chunks = iter(reader)
         first = next(chunks, b"")
         version = 180000
@@ -1031,10 +1035,7 @@ def restore_globals(config: Config, backup: BackupRef, target: PgTarget | None, 
                 pass
             raise
         hashing.drain()
-        if age is not None:
-            result.checks += ["age authentication (every 64 KiB chunk)", "ZIP CRC-32"]
-        else:
-            result.checks.append("AES authentication code" if hashing.encrypted else "ZIP CRC-32")
+        result.checks += _layer_checks(age, hashing)
         _check_object(backup, download, hashing, reader, result)
         if _GLOBALS_END not in tail:
             raise IntegrityError(f"restore {backup.url}: the dump does not end as pg_dumpall ends one: it was cut "
