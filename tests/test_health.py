@@ -443,7 +443,7 @@ def without(name: str) -> dict[str, object]:
 
 
 def check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = runner.cmd_health(None, argparse.Namespace(file=str(path)))
+    code = health.cmd_health(None, argparse.Namespace(file=str(path)))
     out = capsys.readouterr()
     assert out.err == ""
     return code, out.out
@@ -607,6 +607,6 @@ def test_the_default_status_file_is_per_user(monkeypatch: pytest.MonkeyPatch) ->
     assert health.default_file() == "/tmp/pgbkp-health.json"  # the container's, as the original named it
     monkeypatch.setattr(os, "getuid", lambda: 1000)
     assert health.default_file() == "/tmp/pgbkp-health-1000.json"
-    assert runner._health_file({}) == "/tmp/pgbkp-health-1000.json"
-    assert runner._health_file({"HEALTH_FILE": "  "}) == "/tmp/pgbkp-health-1000.json"
-    assert runner._health_file({"HEALTH_FILE": "/srv/h.json"}) == "/srv/h.json"
+    assert health.file_for({}) == "/tmp/pgbkp-health-1000.json"
+    assert health.file_for({"HEALTH_FILE": "  "}) == "/tmp/pgbkp-health-1000.json"
+    assert health.file_for({"HEALTH_FILE": "/srv/h.json"}) == "/srv/h.json"

@@ -63,3 +63,15 @@ def test_version_and_help_import_none_of_the_heavy_modules(args: tuple[str, ...]
     loaded = imported(*args)
     assert "pgbkp.cli" in loaded
     assert sorted(HEAVY & loaded) == []
+
+
+def test_the_health_check_loads_no_runner_storage_or_archive(tmp_path: Path) -> None:
+    """``pgbkp health`` is Docker's HEALTHCHECK, run every 30 s for the life of the container: it reads
+    one small file, so it must not pay for boto3, the archive or the handler (it did, through the runner)."""
+    status = tmp_path / "health.json"
+    status.write_text("{}")
+    loaded = imported("-c", "import sys; from pgbkp import cli; sys.exit(0 if cli.main(['health', '--file', "
+                      f"{str(status)!r}]) in (0, 1) else 2)")
+    assert "pgbkp.schedule" in loaded  # what pgbkp.health imports: the command ran (it answered 0 or 1)
+    allowed = {"pgbkp.health", "pgbkp.schedule", "cronsim", "urllib.request", "http.client"}  # its own, and small
+    assert sorted((HEAVY - allowed) & loaded) == []

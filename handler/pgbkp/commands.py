@@ -87,4 +87,4 @@ def register(subparsers: Any) -> None:
     # health.default_file() in words: importing health (urllib, the scheduler) for a help line costs more
     h.add_argument("--file", metavar="PATH", help="status file (default: HEALTH_FILE, else "
                    "/tmp/pgbkp-health.json as root, /tmp/pgbkp-health-UID.json for any other user)")
-    h.set_defaults(func=Command("pgbkp.runner", "cmd_health"), needs_config=False)
+    h.set_defaults(func=Command("pgbkp.health", "cmd_health"), needs_config=False)

@@ -30,7 +30,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +38,7 @@ from zoneinfo import ZoneInfo
 
 from pgbkp import schedule
 from pgbkp.config import ConfigError
+from pgbkp.output import EXIT_FAILED, EXIT_OK
 from pgbkp.redact import redact, register
 
 log = logging.getLogger("pgbkp.health")
@@ -597,3 +598,43 @@ def _span(delta: timedelta) -> str:
     if seconds % 3600 == 0:
         return f"{seconds // 3600}h"
     return f"{seconds // 60}min" if seconds % 60 == 0 else f"{seconds}s"
+
+
+def file_for(env: Mapping[str, str], *, check: bool = False) -> str:
+    """HEALTH_FILE, else the per-user default; ``check``: refuse what a write would replace wrongly."""
+    path = env.get("HEALTH_FILE", "").strip() or default_file()
+    if check:
+        check_path(path)
+    return path
+
+
+def cmd_health(config: Any, args: Any) -> int:
+    """``pgbkp health``, Docker's HEALTHCHECK every 30 s: here, not in the runner, so it loads no boto3,
+    archive or handler. Needs no valid configuration: a health check must answer 0 or 1, never 2 (Docker
+    reserves it), so whatever the file holds, the answer is one line and 0 or 1."""
+    env = config.env if config else os.environ
+    path = args.file or file_for(env)
+
+    def say(line: str) -> None:
+        print(printable(line))  # the file's text and the path may hold anything
+
+    try:
+        status = read(path)
+    except FileNotFoundError:
+        say(f"unhealthy: no status file {path}: pgbkp serve has not started (or HEALTH_FILE differs)")
+        return EXIT_FAILED
+    except StatusFileError as exc:
+        say(f"unhealthy: cannot read the status file {path}: {exc}")
+        return EXIT_FAILED
+    except (OSError, ValueError) as exc:  # ValueError: a path with a NUL byte
+        say(f"unhealthy: cannot read the status file {path}: {getattr(exc, 'strerror', None) or exc}. Fix: check "
+            "HEALTH_FILE (or --file) and that this user may read it.")
+        return EXIT_FAILED
+    try:
+        ok, why = evaluate(status, datetime.now(UTC))
+    except Exception as exc:  # read() checked every field; this is the last guard of the 0-or-1 promise
+        say(f"unhealthy: cannot evaluate the status file {path}: {redact(f'{type(exc).__name__}: {exc}')}")
+        return EXIT_FAILED
+    say(f"{'healthy' if ok else 'unhealthy'}: {why}")
+    return EXIT_OK if ok else EXIT_FAILED
+

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 import queue
 import signal
 import threading
@@ -349,12 +348,7 @@ def add_log_file(config: Config) -> Path | None:
     return path
 
 
-def _health_file(env: Mapping[str, str], *, check: bool = False) -> str:
-    """HEALTH_FILE, else the per-user default; ``check``: refuse what a write would replace wrongly."""
-    path = env.get("HEALTH_FILE", "").strip() or health.default_file()
-    if check:
-        health.check_path(path)
-    return path
+_health_file = health.file_for
 
 
 def make_runner(config: Config, backup: BackupFn | None = None, **kwargs: Any) -> Runner:
@@ -426,33 +420,3 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
-
-
-def cmd_health(config: Config | None, args: argparse.Namespace) -> int:
-    """Needs no valid configuration: a health check must answer 0 or 1, never 2 (Docker reserves it), so
-    whatever the file holds, the answer is one line and 0 or 1."""
-    env = config.env if config else os.environ
-    path = args.file or _health_file(env)
-
-    def say(line: str) -> None:
-        print(health.printable(line))  # the file's text and the path may hold anything
-
-    try:
-        status = health.read(path)
-    except FileNotFoundError:
-        say(f"unhealthy: no status file {path}: pgbkp serve has not started (or HEALTH_FILE differs)")
-        return EXIT_FAILED
-    except health.StatusFileError as exc:
-        say(f"unhealthy: cannot read the status file {path}: {exc}")
-        return EXIT_FAILED
-    except (OSError, ValueError) as exc:  # ValueError: a path with a NUL byte
-        say(f"unhealthy: cannot read the status file {path}: {getattr(exc, 'strerror', None) or exc}. Fix: check "
-            "HEALTH_FILE (or --file) and that this user may read it.")
-        return EXIT_FAILED
-    try:
-        ok, why = health.evaluate(status, datetime.now(UTC))
-    except Exception as exc:  # read() checked every field; this is the last guard of the 0-or-1 promise
-        say(f"unhealthy: cannot evaluate the status file {path}: {redact(f'{type(exc).__name__}: {exc}')}")
-        return EXIT_FAILED
-    say(f"{'healthy' if ok else 'unhealthy'}: {why}")
-    return EXIT_OK if ok else EXIT_FAILED
