@@ -571,3 +571,54 @@ def test_a_stop_request_ends_the_wait_for_a_hung_receiver(receiver: Receiver,
     assert warnings_of(caplog) == [
         "notification to NOTIFY_URLS URL 1 (json://) did not go out within the wait a stop request allows (2 s): "
         "left behind (the backups themselves are not affected)"]
+
+
+# --------------------------------------------------------------------------------------------------
+# A setting that stops the run before it starts is a failed backup too
+
+
+@pytest.fixture
+def broken_env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
+    """A PG_URLS that does not parse (a typo in a field's name), with NOTIFY_URLS that does."""
+    for name in ("AWS_LAMBDA_FUNCTION_NAME", "PGBKP_LOCAL_RUNNER", "AWS_SAM_LOCAL", "PG_URLS_SECRET_ID",
+                 "ZIP_PASSWORD_SECRET_ID", "NOTIFY_URLS_SECRET_ID", "S3_BUCKET", "NOTIFY_ON", "ZIP_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"PG_URLS": "main|bukcet=b|postgres://u:pg-secret-9d1@db.invalid/postgres",
+                        "LOG_FILE": "off", "TIMEZONE": "UTC", "NOTIFY_URLS": receiver.url(secret=True)}.items():
+        monkeypatch.setenv(name, value)
+
+
+def the_configuration_error(receiver: Receiver) -> str:
+    [post] = receiver.posts
+    assert post["body"]["title"] == "pg-bkp: configuration error, no backup ran"
+    [doc] = receiver.messages()
+    assert (doc["ok"], doc["action"], doc["results"]) == (False, "configuration", [])
+    assert "bukcet" in doc["error"] and "Fix:" in doc["error"] and "pg-secret-9d1" not in json.dumps(post)
+    return str(doc["error"])
+
+
+def test_pgbkp_backup_with_a_broken_setting_sends_one_message(broken_env: None, receiver: Receiver,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["backup"]) == 2
+    error = the_configuration_error(receiver)
+    _out, err = capsys.readouterr()
+    assert f"pgbkp: configuration error: {error}" in err
+    assert HOOK_PASSWORD not in err and HOOK_TOKEN not in err
+
+
+def test_the_lambda_handler_with_a_broken_setting_sends_one_message(broken_env: None, receiver: Receiver) -> None:
+    with pytest.raises(ConfigError):
+        lambda_function.lambda_handler({"connection": "main"}, FakeLambdaContext())
+    the_configuration_error(receiver)
+
+
+def test_a_broken_notify_setting_or_never_sends_nothing_and_changes_nothing(
+        broken_env: None, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_ON", "never")
+    assert cli.main(["backup"]) == 2
+    monkeypatch.setenv("NOTIFY_ON", "sometimes")  # the error being reported may be this one
+    assert cli.main(["backup"]) == 2
+    monkeypatch.setenv("NOTIFY_ON", "failure")
+    monkeypatch.setenv("NOTIFY_URLS", "slak://x/y/z")
+    assert cli.main(["backup"]) == 2
+    assert receiver.posts == []

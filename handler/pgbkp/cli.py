@@ -247,6 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(func(config, args))
     except ConfigError as exc:
         print(f"pgbkp: configuration error: {redact(str(exc))}", file=sys.stderr)
+        if getattr(args, "func", None) is cmd_backup:  # under cron, a broken setting is a failed backup too
+            from pgbkp import notify
+
+            notify.config_failed(os.environ, str(exc))
         return EXIT_USAGE
     except UsageError as exc:
         print(f"pgbkp: {redact(str(exc))}", file=sys.stderr)

@@ -30,7 +30,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
-from pgbkp import dispatch, handler_core, settings_secrets
+from pgbkp import dispatch, handler_core, notify, settings_secrets
 from pgbkp.config import ConfigError
 from pgbkp.logs import RedactingFilter
 from pgbkp.pipeline import DatabaseResult, Job, NullObserver, StorageCache
@@ -213,6 +213,7 @@ def edge(env: Mapping[str, str], context: Any) -> handler_core.Edge:
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     _route_package_logs()
     summary: Mapping[str, Any] = {}
+    env: Mapping[str, str] = os.environ
     try:
         env = settings_secrets.resolve(os.environ)
         summary = handler_core.handle(event, context, env=env, edge=edge(env, context))
@@ -224,6 +225,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         # The runtime reports the exception in plain text only: this is the JSON line queries and alarms find.
         # ``extra`` bypasses the redacting filter, so the message (built without secrets) is scrubbed here too.
         logger.error("failed", extra={"error": redact(str(exc)), "error_type": type(exc).__name__})
+        if isinstance(exc, ConfigError) and not isinstance(exc, handler_core.EventError):
+            left = context.get_remaining_time_in_millis() / 1000 - 2 if context is not None else None
+            notify.config_failed(env, str(exc), time_left=left)
         raise
     except Exception:
         logger.exception("failed unexpectedly")

@@ -151,6 +151,41 @@ def plan(config: Config) -> Notifier:
     return Notifier(on, timeout, routes)
 
 
+def config_failed(env: Mapping[str, str], error: str, *, time_left: float | None = None) -> dict[str, str]:
+    """A scheduled run that could not start because a setting is wrong is a failed backup too: tell
+    NOTIFY_URLS, once, with the error line (built from parts that hold no secret, and scrubbed again).
+
+    Only the global NOTIFY_URLS: a PG_URLS that does not parse has no ``notify=`` to read. Best effort and
+    silent: NOTIFY_ON=never, or a NOTIFY_* setting that is itself wrong, sends nothing (that error is the
+    one being reported). ``pgbkp backup`` and Lambda call this; ``pgbkp serve`` does not (it fails at its
+    start, where a restart loop would send one message per restart)."""
+    try:
+        on = setting(env, "NOTIFY_ON")
+        text: str | None = setting(env, "NOTIFY_URLS")
+        if on == "never" or not text:
+            return {}
+        found = targets(text, "NOTIFY_URLS")
+        wait = float(setting(env, "NOTIFY_TIMEOUT_SECONDS"))
+    except (ConfigError, ImportError):
+        return {}
+    try:
+        from pgbkp.redact import redact
+
+        shown = redact(error)
+        title = "pg-bkp: configuration error, no backup ran"
+        body = f"{shown}\n(exit 2: nothing was dumped, written or deleted; fix the setting and run again)"
+        document = {"ok": False, "action": "configuration", "title": title, "text": body, "error": shown,
+                    "connections": [], "results": []}
+        msg = Message(title, body, document, False)
+        limit = "NOTIFY_TIMEOUT_SECONDS"
+        if time_left is not None and time_left < wait:
+            wait, limit = max(0.0, time_left), "the time left"
+        return _deliver([(t, msg) for t in found], wait, limit)
+    except Exception as exc:  # never turn a configuration error into another failure
+        log.warning("notification of the configuration error not sent: %s", type(exc).__name__)
+        return {}
+
+
 def targets(text: str, where: str) -> tuple[Target, ...]:
     """The apprise URLs in ``text`` (commas or spaces between them, as apprise itself splits them),
     each checked by apprise; raises ConfigError naming the first bad one by position and scheme."""
