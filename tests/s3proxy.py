@@ -345,6 +345,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", upstream_length if head and upstream_length else str(len(body)))
         self.end_headers()
         if not head:
-            self.wfile.write(body)
+            # The client may have given up on this answer (a stopped run): nothing to report, no traceback.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(body)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _proxy  # noqa: N815
