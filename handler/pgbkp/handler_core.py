@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pgbkp import dispatch, notify, pipeline
-from pgbkp.config import Config, ConfigError, Connection, load, setting
+from pgbkp.config import Config, ConfigError, Connection, load
+from pgbkp.dispatch import TimeLimits
 from pgbkp.output import OK_STATUSES
 from pgbkp.pipeline import DatabaseResult, DumpSource, Job, MultiObserver, NullObserver, Observer
 from pgbkp.redact import redact
@@ -176,22 +177,6 @@ class Edge:
     sizes: bool = False
 
 
-@dataclass(frozen=True)
-class TimeLimits:
-    safety_margin: float = 120.0
-    hard_margin: float = 20.0
-    mb_per_second: float = 10.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> TimeLimits:
-        return cls(setting(env, "TIME_SAFETY_MARGIN_SECONDS"), setting(env, "TIME_HARD_MARGIN_SECONDS"),
-                   setting(env, "TIME_ESTIMATE_MB_PER_SECOND"))
-
-    def estimate(self, job: Job) -> float:
-        """Seconds a dump may need, from the database's size on disk (which over-counts: indexes)."""
-        return job.size_estimate / (self.mb_per_second * 1_000_000)
-
-
 class _Budget(NullObserver):
     """Lambda's clock: decides whether the next database may start and whether the dumps must stop.
 
@@ -214,7 +199,7 @@ class _Budget(NullObserver):
         left = self.left()
         with self._lock:
             flying = list(self.in_flight.values())
-        need = self.limits.safety_margin + sum(self.limits.estimate(j) for j in [*flying, job])
+        need = self.limits.safety_margin + sum(self.limits.dump_seconds(j.size_estimate) for j in [*flying, job])
         if left is not None and left < need:
             if self.begun:
                 log.info("%.0f s left, %s needs about %.0f s (with the %d database(s) in flight): handing %d "

@@ -674,6 +674,21 @@ class _IdentityUnusableError(Exception):
     """Why the identity cannot be used: the end of an :class:`IdentityError` message, after its backup."""
 
 
+def _identities_for(config: Config, backup: BackupRef, identities: AgeIdentities | None) -> list[Identity] | None:
+    """The age identities a ``.zip.age`` backup needs (read before the target is touched), else None."""
+    if not keys.is_age(backup.key):
+        return None
+    return (identities or AgeIdentities(config.env)).get(backup.url)
+
+
+def _download(storage: Storage, backup: BackupRef, on_start: Callable[[int], None] | None) -> Download:
+    """The object, opened; ``on_start`` hears its size (a progress bar's total)."""
+    download = storage.download(backup.bucket, backup.key)
+    if on_start is not None:
+        on_start(download.info.size)
+    return download
+
+
 def _member(hashing: _HashingReader, age: list[Identity] | None, password: bytes | None, url: str) -> MemberReader:
     """The SQL member of the object being read. A ``.zip.age`` goes through age first: its header (the
     recipient, the MAC) is checked here, so a wrong identity fails before anything is sent, and the ZIP
@@ -705,13 +720,11 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, stora
     shown = target.display
     result = RestoreResult(backup, shown)
     _check_psql(backup, bindir)
-    age = (identities or AgeIdentities(config.env)).get(backup.url) if keys.is_age(backup.key) else None
+    age = _identities_for(config, backup, identities)
     check_target(target, create=create, force=force, bindir=bindir)
     password = config.zip_password.reveal().encode() if config.zip_password else None
     started = time.monotonic()
-    download = storage.download(backup.bucket, backup.key)
-    if on_start is not None:
-        on_start(download.info.size)
+    download = _download(storage, backup, on_start)
     session: postgres.RestoreSession | None = None
     one = DumpFilter()
     created = False
@@ -1004,12 +1017,10 @@ def restore_globals(config: Config, backup: BackupRef, target: PgTarget | None, 
     if target is not None:
         _check_psql(backup, bindir)
         existing = postgres.role_names(target, bindir=bindir)
-    age = (identities or AgeIdentities(config.env)).get(backup.url) if keys.is_age(backup.key) else None
+    age = _identities_for(config, backup, identities)
     password = config.zip_password.reveal().encode() if config.zip_password else None
     started = time.monotonic()
-    download = storage.download(backup.bucket, backup.key)
-    if on_start is not None:
-        on_start(download.info.size)
+    download = _download(storage, backup, on_start)
     session: postgres.RestoreSession | None = None
     one = GlobalsFilter()
     kept = roles.RoleFilter(existing, target.user if target else "", skip_existing=skip_existing)
