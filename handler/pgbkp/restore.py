@@ -698,11 +698,16 @@ def _member(hashing: _HashingReader, age: list[Identity] | None, password: bytes
     return MemberReader(AgeReader(hashing, age, name=url, read_size=READ_CHUNK), None, chunk_size=READ_CHUNK)
 
 
-def _layer_checks(age: list[Identity] | None, hashing: _HashingReader) -> list[str]:
-    """What the object's layers proved once it was read to its end (age asked for its final chunk)."""
-    if age is not None:
-        return ["age authentication (every 64 KiB chunk)", "ZIP CRC-32"]
-    return ["AES authentication code" if hashing.encrypted else "ZIP CRC-32"]
+def _read_to_the_end(backup: BackupRef, download: Download, hashing: _HashingReader, reader: MemberReader,
+                     age: list[Identity] | None, result: RestoreResult) -> None:
+    """Once the SQL is all sent: read what follows it, then prove the object whole (its layers, its size,
+    its integrity record) before anything is committed."""
+    hashing.drain()
+    if age is not None:  # age was asked for its end: every chunk and the final one are proven
+        result.checks += ["age authentication (every 64 KiB chunk)", "ZIP CRC-32"]
+    else:
+        result.checks.append("AES authentication code" if hashing.encrypted else "ZIP CRC-32")
+    _check_object(backup, download, hashing, reader, result)
 
 
 def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, storage: Storage,
@@ -748,9 +753,7 @@ def restore_backup(config: Config, backup: BackupRef, target: PgTarget, *, stora
             for _ in chunks:
                 pass
             raise
-        hashing.drain()
-        result.checks += _layer_checks(age, hashing)
-        _check_object(backup, download, hashing, reader, result)
+        _read_to_the_end(backup, download, hashing, reader, age, result)
         session.commit()
         result.sql_bytes = session.bytes_written
     except BaseException as exc:
@@ -1045,9 +1048,7 @@ def restore_globals(config: Config, backup: BackupRef, target: PgTarget | None, 
             for _ in chunks:
                 pass
             raise
-        hashing.drain()
-        result.checks += _layer_checks(age, hashing)
-        _check_object(backup, download, hashing, reader, result)
+        _read_to_the_end(backup, download, hashing, reader, age, result)
         if _GLOBALS_END not in tail:
             raise IntegrityError(f"restore {backup.url}: the dump does not end as pg_dumpall ends one: it was cut "
                                  "short before it was stored")

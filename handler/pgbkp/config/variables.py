@@ -74,6 +74,22 @@ class Number:
         return f"{self.minimum}–{self.maximum}" if self.maximum is not None else f"{self.minimum} or more"
 
 
+class Choice:
+    """One of ``choices``, case-insensitive, given back in lower case: a parser that knows its words.
+    ``noun`` finishes the refusal (``'x' is not valid``, ``'x' is not an EMF mode``)."""
+
+    __slots__ = ("choices", "noun")
+
+    def __init__(self, choices: tuple[str, ...], noun: str = "valid") -> None:
+        self.choices, self.noun = choices, noun
+
+    def __call__(self, value: str, name: str) -> str:
+        choice = value.lower()
+        if choice not in self.choices:
+            raise ConfigError(f"{name}: {show(choice)} is not {self.noun}. Fix: use one of {', '.join(self.choices)}.")
+        return choice
+
+
 @dataclass(frozen=True)
 class Variable:
     """One environment variable. The text fields are the reference's columns, in Markdown."""
@@ -122,13 +138,6 @@ def _timezone(value: str, name: str) -> zoneinfo.ZoneInfo:
         ) from None
 
 
-def _checksum(value: str, name: str) -> str:
-    mode = value.lower()
-    if mode not in CHECKSUM_MODES:
-        raise ConfigError(f"{name}: {show(mode)} is not valid. Fix: use one of {', '.join(CHECKSUM_MODES)}.")
-    return mode
-
-
 def _log_level(value: str, name: str) -> str:
     level = value.upper()
     level = "WARNING" if level == "WARN" else level
@@ -174,13 +183,6 @@ def _secret(value: str, name: str) -> Secret:
     return Secret(value)
 
 
-def _notify_on(value: str, name: str) -> str:
-    choice = value.lower()
-    if choice not in NOTIFY_ON_CHOICES:
-        raise ConfigError(f"{name}: {show(choice)} is not valid. Fix: use one of {', '.join(NOTIFY_ON_CHOICES)}.")
-    return choice
-
-
 def _access_key(value: str, name: str) -> Secret:
     return Secret(value, scrub=False)  # an identifier, not a secret
 
@@ -201,13 +203,6 @@ class AwsIds:
                 raise ConfigError(f"{name}: {show(item)} is not an id of that kind. Fix: comma-separated ids "
                                   f"such as {self.example}.")
         return items
-
-
-def _emf(value: str, name: str) -> str:
-    choice = value.lower()
-    if choice not in EMF_MODES:
-        raise ConfigError(f"{name}: {show(value)} is not an EMF mode. Fix: use one of {', '.join(EMF_MODES)}.")
-    return choice
 
 
 #: Where ``HTTP_ADDR=true`` listens: this machine only, on the port the Prometheus exporter registry lists for us.
@@ -358,7 +353,7 @@ VARIABLES: tuple[Variable, ...] = (
              "the flexible-checksum headers (`x-amz-checksum-*`) boto3 ≥ 1.36 sends, which many S3-compatible "
              "stores reject",
              "`auto`: send them to AWS only (no `S3_ENDPOINT`); `when_required`: only where an API demands one; "
-             "`off`: strip them, use `Content-MD5` instead", "`auto`", _checksum, "auto"),
+             "`off`: strip them, use `Content-MD5` instead", "`auto`", Choice(CHECKSUM_MODES), "auto"),
     Variable("S3_MAX_ATTEMPTS", "s3", "attempts per S3 request (standard retry mode)", "1–20", "`5`",
              Number(1, 20), "5"),
     Variable("S3_PART_SIZE_MB", "s3",
@@ -456,7 +451,7 @@ VARIABLES: tuple[Variable, ...] = (
              "one or more URLs separated by commas or spaces; each must be one apprise supports", "none",
              read_by="notify"),
     Variable("NOTIFY_ON", "notify", "which runs send a message",
-             "`failure` (some database failed), `always`, `never`", "`failure`", _notify_on, "failure",
+             "`failure` (some database failed), `always`, `never`", "`failure`", Choice(NOTIFY_ON_CHOICES), "failure",
              read_by="notify"),
     Variable("NOTIFY_TIMEOUT_SECONDS", "notify",
              "how long a run waits for its messages to go out, all URLs together; a late or failed one is "
@@ -512,7 +507,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PGBKP_EMF", "lambda",
              "`pgbkp backup` prints the Lambda function's metrics (CloudWatch EMF) on stdout, one line per "
              "database", "`auto` (in an ECS task: `ECS_CONTAINER_METADATA_URI_V4` is set), `stdout`, `off`",
-             "`auto`", _emf, "auto", read_by="cli"),
+             "`auto`", Choice(EMF_MODES, "an EMF mode"), "auto", read_by="cli"),
 )
 
 BY_NAME: Mapping[str, Variable] = {v.name: v for v in VARIABLES}
